@@ -1,0 +1,322 @@
+"""The command line: parse, call the library, print. The bare form is the run."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from cobra_eval import __version__
+from cobra_eval.errors import CobraEvalError
+
+F = TypeVar("F", bound=Callable[..., Any])
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+SUBCOMMANDS_EPILOG = """\b
+Other commands (each takes --db; see COMMAND --help):
+  runs      list runs with per-method progress
+  export    write a run's results as checkpoint-shaped JSON
+  import    load a checkpoint/results JSON into the database
+  db        upgrade | current: the database schema
+"""
+
+
+def flag(name: str, *args: Any, **kwargs: Any) -> Callable[[F], F]:
+    """An option spelled both --snake_case (the guide's) and --dashed-case."""
+    names = [f"--{name}"]
+    if "_" in name:
+        names.append(f"--{name.replace('_', '-')}")
+    return click.option(*names, name, *args, **kwargs)
+
+
+def db_options(func: F) -> F:
+    """--db and --output_dir: where the results database is."""
+    func = flag(
+        "output_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("results"),
+        show_default=True,
+        help="Folder of run folders; the default database is OUTPUT_DIR/cobra_eval.db.",
+    )(func)
+    return flag(
+        "db",
+        envvar="COBRA_EVAL_DB",
+        metavar="URL|PATH",
+        help="Results database: a SQLite file path or any SQLAlchemy URL "
+        "(e.g. postgresql+psycopg://user@host/db). Env: COBRA_EVAL_DB.",
+    )(func)
+
+
+class _DefaultToRun(click.Group):
+    """A group whose bare invocation (and --help) is the `run` command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or args[0] not in self.commands:
+            if args[:1] != ["--version"]:
+                args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultToRun, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cobra_eval")
+def main() -> None:
+    """cobra_eval: evaluate VLM captioning methods without ever losing work."""
+
+
+def _run_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not RUN_ID_RE.match(value):
+        raise click.BadParameter(
+            "use letters, digits, '.', '_' and '-' (it names a folder), at most 200 characters"
+        )
+    return value
+
+
+def _method_choices() -> list[str]:
+    from cobra_eval.methods import method_names
+
+    return [*method_names(), "all"]
+
+
+@main.command(
+    "run",
+    epilog=SUBCOMMANDS_EPILOG,
+    context_settings={"max_content_width": 100},
+)
+@flag("method", type=click.Choice(_method_choices()), default="baseline", show_default=True,
+      help="Prompting method, or 'all' to run every method in turn (each resumes on its own).")
+@flag("num_samples", type=click.IntRange(min=1), default=None,
+      help="Samples to evaluate, in the dataset's order [default: all]. Raising it on a "
+      "finished run extends that run.")
+@flag("checkpoint_interval", type=click.IntRange(min=0), default=10, show_default=True,
+      help="Export a checkpoint JSON every N samples; 0 disables the JSON files (every sample "
+      "is still committed to the database).")
+@flag("resume_from_checkpoint", is_flag=True,
+      help="Continue the newest run with this configuration (from the database; if it has "
+      "none, from the newest checkpoint JSON under --output_dir).")
+@flag("load_results", type=click.Path(path_type=Path), metavar="FILE",
+      help="Import a checkpoint or final results JSON first, then continue up to --num_samples.")
+@db_options
+@flag("run_id", callback=_run_id, metavar="ID",
+      help="Name of the run to create, resume or extend [default: run_YYYYmmdd_HHMMSS].")
+@flag("fresh", is_flag=True, help="Always start a new run, even if a matching one exists.")
+@flag("batch_size", type=click.IntRange(min=1), default=8, show_default=True,
+      help="Samples per generation call.")
+@flag("backend", default="hf", show_default=True,
+      help="Model backend: a registered name or a plugin as module:attribute.")
+@flag("model", metavar="ID|PATH", help="Model to evaluate (hub id or local folder).")
+@flag("dataset", metavar="PATH", help="Dataset: a COCO captions annotation JSON file.")
+@flag("images", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+      help="Folder of the dataset's images [default: the annotation file's folder].")
+@flag("split", help="Dataset split, for formats that have splits.")
+@flag("max_new_tokens", type=click.IntRange(min=1), default=128, show_default=True,
+      help="Generation length limit.")
+@flag("temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+      help="Sampling temperature; 0 = greedy decoding.")
+@flag("top_p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=1.0,
+      show_default=True, help="Nucleus sampling mass (with temperature > 0).")
+@flag("seed", type=int, default=0, show_default=True, help="Random seed for generation.")
+def run_command(**opts: Any) -> None:
+    """Evaluate a captioning method; every sample is committed to the database at once.
+
+    \b
+    Worked example (100 samples, a checkpoint JSON every 10):
+      python -m cobra_eval --method scratchpad --num_samples 100 \\
+          --checkpoint_interval 10 --dataset captions_val2017.json --images val2017/
+    If it is interrupted, run the same command with --resume_from_checkpoint:
+    finished samples are skipped and the run completes. Results land in
+    results/<run_id>/<method>/ (checkpoint_*.json, results_<method>.json) and in
+    the database (results/cobra_eval.db), which you can query with SQL.
+    """
+    from cobra_eval.config import GenerationParams, RunSettings
+    from cobra_eval.progress import reporter_for_stdout
+    from cobra_eval.runner import Interrupted, run_evaluation
+
+    generation = GenerationParams(
+        max_new_tokens=opts.pop("max_new_tokens"),
+        temperature=opts.pop("temperature"),
+        top_p=opts.pop("top_p"),
+        seed=opts.pop("seed"),
+    )
+    settings = RunSettings(generation=generation, **opts)
+    try:
+        summary = run_evaluation(settings, reporter=reporter_for_stdout())
+    except Interrupted as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(130)
+    except CobraEvalError as exc:
+        raise click.ClickException(str(exc)) from None
+    for item in summary.methods:
+        failed = f", {item.failed} failed (retried on resume)" if item.failed else ""
+        click.echo(
+            f"Done: {item.method} {item.processed}/{item.total} samples{failed} "
+            f"-> {item.final_file}"
+        )
+    click.echo(f"Run {summary.run_id} in {summary.db}")
+
+
+@main.command("runs")
+@db_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="Output format.")
+def runs_command(db: str | None, output_dir: Path, fmt: str) -> None:
+    """List runs, newest first, with each method's progress and who ran it."""
+    from cobra_eval.store import Store, resolve_url
+
+    with _errors(), Store.open(resolve_url(db, output_dir)) as store:
+        rows = []
+        for run in store.runs():
+            rows.append(
+                {
+                    "run_id": run.id,
+                    "created_at": run.created_at.isoformat(timespec="seconds"),
+                    "created_by": run.created_by,
+                    "status": run.status,
+                    "fingerprint": run.fingerprint,
+                    "methods": [
+                        {
+                            "method": p.method,
+                            "done": p.done,
+                            "failed": p.failed,
+                            "total": p.total_planned,
+                            "status": p.status,
+                        }
+                        for p in store.method_progress(run.id)
+                    ],
+                }
+            )
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("No runs yet.")
+        return
+    header = ("RUN", "CREATED", "BY", "STATUS", "METHODS")
+    table = [
+        (
+            r["run_id"],
+            r["created_at"][:19].replace("T", " "),
+            r["created_by"],
+            r["status"],
+            ", ".join(f"{m['method']} {m['done']}/{m['total']}" for m in r["methods"]) or "-",
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *table, strict=False)]
+    for line in (header, *table):
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+
+
+@main.command("export")
+@click.argument("run_id")
+@flag("method", help="Method to export (needed when the run has several).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to this file (atomically) instead of standard output.")
+@db_options
+def export_command(
+    run_id: str, method: str | None, output: Path | None, db: str | None, output_dir: Path
+) -> None:
+    """Write a run's results for one method as checkpoint-shaped JSON (is_checkpoint false)."""
+    from datetime import datetime
+
+    from cobra_eval.store import Store, resolve_url
+    from cobra_eval.store.checkpoint_io import dumps, write_atomic
+    from cobra_eval.store.snapshots import build_document
+
+    with _errors(), Store.open(resolve_url(db, output_dir)) as store:
+        if store.get_run(run_id) is None:
+            raise CobraEvalError(f"no run {run_id!r} in {store.display} (see `runs`)")
+        methods = [p.method for p in store.method_progress(run_id)]
+        if method is None:
+            if len(methods) != 1:
+                raise CobraEvalError(
+                    f"run {run_id} has methods {', '.join(methods)}; choose one with --method"
+                )
+            method = methods[0]
+        if method not in methods:
+            raise CobraEvalError(f"run {run_id} has no method {method!r} (it has {', '.join(methods)})")
+        doc = build_document(store, run_id, method, is_checkpoint=False, when=datetime.now())
+    data = dumps(doc)
+    if output is None:
+        click.echo(data.decode(), nl=False)
+    else:
+        with _errors():
+            write_atomic(output, data)
+        click.echo(f"Exported {len(doc.results)} results of {method} to {output}", err=True)
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@flag("run_id", callback=_run_id, metavar="ID",
+      help="Import into this run (created if new) instead of the file's own run id.")
+@db_options
+def import_command(file: Path, run_id: str | None, db: str | None, output_dir: Path) -> None:
+    """Load a checkpoint or results JSON into the database without running anything.
+
+    Prints the id of the run it created or extended on standard output.
+    """
+    from cobra_eval.store import Store, resolve_url
+    from cobra_eval.store.checkpoint_io import read_checkpoint
+    from cobra_eval.store.snapshots import import_document
+
+    with _errors():
+        doc = read_checkpoint(file)
+        with Store.open(resolve_url(db, output_dir)) as store:
+            summary = import_document(store, doc, run_id=run_id, source=str(file))
+    verb = "created" if summary.created_run else "extended"
+    click.echo(
+        f"Imported {summary.imported} results of {summary.method} ({summary.skipped} already "
+        f"stored); {verb} run {summary.run_id}",
+        err=True,
+    )
+    click.echo(summary.run_id)
+
+
+@main.group("db")
+def db_group() -> None:
+    """The results database schema (Alembic migrations shipped with the tool)."""
+
+
+@db_group.command("upgrade")
+@db_options
+def db_upgrade(db: str | None, output_dir: Path) -> None:
+    """Create the database, or bring its schema to this version's head."""
+    from cobra_eval.store.engine import current_revision, head_revision, mask_url, open_engine
+    from cobra_eval.store.engine import resolve_url as _resolve
+
+    with _errors():
+        url = _resolve(db, output_dir)
+        before = current_revision(url)
+        open_engine(url).dispose()
+    click.echo(f"{mask_url(url)}: schema {before or 'empty'} -> {head_revision()} (head)")
+
+
+@db_group.command("current")
+@db_options
+def db_current(db: str | None, output_dir: Path) -> None:
+    """Show the database's schema revision and this version's head, changing nothing."""
+    from cobra_eval.store.engine import current_revision, head_revision, mask_url
+    from cobra_eval.store.engine import resolve_url as _resolve
+
+    with _errors():
+        url = _resolve(db, output_dir)
+        revision = current_revision(url)
+    state = "up to date" if revision == head_revision() else "needs `db upgrade`"
+    click.echo(f"{mask_url(url)}: schema {revision or 'empty'} (head {head_revision()}, {state})")
+
+
+class _errors:
+    """Turn our errors (and OS errors on user paths) into one clean CLI message."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> bool:
+        if isinstance(exc, CobraEvalError):
+            raise click.ClickException(str(exc)) from None
+        if isinstance(exc, OSError) and exc.filename is not None:
+            raise click.ClickException(f"{exc.filename}: {exc.strerror}") from None
+        return False

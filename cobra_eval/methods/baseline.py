@@ -1,0 +1,40 @@
+"""baseline: one plain captioning prompt."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from cobra_eval.methods.base import MethodOutput, ParsedOutput, PassOutput
+from cobra_eval.methods.parsing import first_sentence_line
+from cobra_eval.methods.registry import register_method
+
+PROMPT = "Describe this image in one sentence."
+
+
+@register_method("baseline")
+class Baseline:
+    """A single caption, no reasoning."""
+
+    name = "baseline"
+    pass_names = ("caption",)
+
+    def config(self) -> dict[str, Any]:
+        """The prompt is the whole configuration."""
+        return {"prompts": {"caption": PROMPT}}
+
+    def build_prompt(self, pass_name: str, previous: Sequence[PassOutput]) -> str:
+        """The fixed caption prompt."""
+        return PROMPT
+
+    def parse(self, pass_name: str, raw: str) -> ParsedOutput:
+        """The first non-empty line is the caption."""
+        caption = first_sentence_line(raw)
+        return ParsedOutput(caption=caption, parse_status="ok" if caption else "empty")
+
+    def finalize(self, passes: Sequence[PassOutput]) -> MethodOutput:
+        """The only pass is the answer."""
+        only = passes[-1]
+        return MethodOutput(
+            generated_caption=only.caption, metadata={"parse_status": only.parse_status}
+        )

@@ -1,0 +1,265 @@
+"""The run loop: plan, generate in batches, commit every sample, export snapshots.
+
+Knows nothing of SQL or of the JSON layout: it talks to the Store and to the
+snapshot functions, to a Method and to a Backend.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cobra_eval.backends import Backend, BackendOptions, GenerationRequest, create_backend
+from cobra_eval.config import GenerationParams, RunSettings, fingerprint
+from cobra_eval.datasets import Sample, load_dataset
+from cobra_eval.errors import CobraEvalError, StoreError
+from cobra_eval.methods import Method, PassOutput, resolve_methods
+from cobra_eval.progress import Reporter, SilentReporter
+from cobra_eval.resume import resolve_run
+from cobra_eval.store import Store, resolve_url
+from cobra_eval.store.checkpoint_io import ResultRecord
+from cobra_eval.store.engine import worker_identity
+from cobra_eval.store.snapshots import export_snapshot
+
+#: A run stops when this many samples in a row failed: the cause is systemic, not the samples.
+MAX_CONSECUTIVE_FAILURES = 20
+
+
+@dataclass
+class MethodSummary:
+    """What happened to one method of a run."""
+
+    method: str
+    total: int
+    processed: int
+    new_this_run: int
+    failed: int
+    checkpoints: list[Path] = field(default_factory=list)
+    final_file: Path | None = None
+
+
+@dataclass
+class RunSummary:
+    """The outcome of run_evaluation."""
+
+    run_id: str
+    db: str
+    methods: list[MethodSummary]
+
+
+class Interrupted(CobraEvalError):
+    """The run was stopped (Ctrl-C); everything committed so far is kept."""
+
+    def __init__(self, run_id: str, summary: str):
+        self.run_id = run_id
+        super().__init__(summary)
+
+
+def run_evaluation(
+    settings: RunSettings, *, reporter: Reporter | None = None, backend: Backend | None = None
+) -> RunSummary:
+    """Run (or resume, or extend) an evaluation as the CLI's bare command does."""
+    reporter = reporter or SilentReporter()
+    methods = resolve_methods(settings.method)
+    dataset = load_dataset(settings.dataset, settings.images, settings.split)
+    selected = dataset.select(settings.num_samples)
+    if backend is None:
+        backend = create_backend(settings.backend, BackendOptions(model=settings.model))
+    run_cfg = {
+        "model": {"backend": settings.backend, **backend.identity()},
+        "generation": settings.generation.model_dump(),
+        "dataset": dataset.identity_config(),
+    }
+    method_cfgs = {m.name: {"name": m.name, **m.config()} for m in methods}
+    with Store.open(resolve_url(settings.db, settings.output_dir)) as store:
+        run, resumed = resolve_run(store, settings, run_cfg, method_cfgs, reporter)
+        _make_dir(settings.output_dir / run.id)
+        store.ensure_plan(run.id, [s.image_id for s in selected])
+        summaries = []
+        for method in methods:
+            loop = _MethodLoop(store, run.id, method, selected, settings, backend, reporter)
+            summaries.append(loop.run(method_cfgs[method.name], resumed))
+        if all(s.processed >= s.total for s in summaries):
+            store.set_run_status(run.id, "finished")
+        return RunSummary(run.id, store.display, summaries)
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create output folder {path}: {exc.strerror}") from None
+
+
+class _MethodLoop:
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        method: Method,
+        selected: Sequence[Sample],
+        settings: RunSettings,
+        backend: Backend,
+        reporter: Reporter,
+    ):
+        self.store, self.run_id, self.method = store, run_id, method
+        self.samples = {s.image_id: s for s in selected}
+        self.total = len(selected)
+        self.settings, self.backend, self.reporter = settings, backend, reporter
+        self.worker = worker_identity()
+
+    def run(self, method_cfg: dict[str, Any], resumed: bool) -> MethodSummary:
+        name = self.method.name
+        self.store.ensure_method(
+            self.run_id,
+            name,
+            config=method_cfg,
+            fingerprint=fingerprint(method_cfg),
+            settings=self.settings.settings_record(),
+            total=self.total,
+        )
+        pending = self.store.pending(self.run_id, name, self.total)
+        processed = self.store.count_results(self.run_id, name, limit=self.total)
+        retried = self.store.failed_ids(self.run_id, name)
+        summary = MethodSummary(name, self.total, processed, 0, 0)
+        if self.settings.method == "all":
+            self.reporter.message(f"== {name} (run {self.run_id}) ==")
+        if resumed and processed:
+            self.reporter.message(
+                f"Loaded checkpoint: {processed} samples processed, {self.total - processed} remaining"
+            )
+        self.reporter.start_method(name, self.total, processed)
+        interval = self.settings.checkpoint_interval
+        failures_in_row = 0
+        try:
+            for start in range(0, len(pending), self.settings.batch_size):
+                batch = [self.samples[i] for i in pending[start : start + self.settings.batch_size]]
+                for result, latency in self._generate(batch):
+                    inserted = self.store.commit_result(
+                        self.run_id, name, result, worker=self.worker, latency_s=latency
+                    )
+                    # a retried failure replaces a row that was already counted
+                    new = inserted and result.image_id not in retried
+                    if new:
+                        processed += 1
+                    summary.new_this_run += 1
+                    failures_in_row = failures_in_row + 1 if result.status == "failed" else 0
+                    self.reporter.processed(processed, self.total)
+                    if interval and new and processed % interval == 0:
+                        exported = export_snapshot(
+                            self.store, self.settings.output_dir, self.run_id, name, is_checkpoint=True
+                        )
+                        summary.checkpoints.append(exported.path)
+                        self.reporter.checkpoint(exported.path.name, processed, self.total)
+                    if failures_in_row >= MAX_CONSECUTIVE_FAILURES:
+                        raise CobraEvalError(
+                            f"stopping: the last {failures_in_row} samples all failed "
+                            f"(last error: {result.metadata.get('error')}); they are stored as "
+                            "failed and will be retried on --resume_from_checkpoint"
+                        )
+        except KeyboardInterrupt:
+            self.store.set_method_status(self.run_id, name, "interrupted")
+            self.store.set_run_status(self.run_id, "interrupted")
+            raise Interrupted(
+                self.run_id,
+                f"Interrupted: {processed}/{self.total} samples of {name} are saved in run "
+                f"{self.run_id}; continue with --resume_from_checkpoint (or --run_id {self.run_id})",
+            ) from None
+        finally:
+            self.reporter.end_method()
+        summary.processed = processed
+        summary.failed = next(
+            (p.failed for p in self.store.method_progress(self.run_id, name)), 0
+        )
+        final = export_snapshot(
+            self.store, self.settings.output_dir, self.run_id, name, is_checkpoint=False
+        )
+        summary.final_file = final.path
+        if processed >= self.total:
+            self.store.set_method_status(self.run_id, name, "finished")
+        return summary
+
+    def _generate(self, batch: Sequence[Sample]) -> list[tuple[ResultRecord, float]]:
+        """Run every pass of the method over a batch; one result per sample."""
+        started = time.perf_counter()
+        passes: list[list[PassOutput]] = [[] for _ in batch]
+        errors: dict[int, str] = {}
+        params = self.settings.generation
+        for pass_name in self.method.pass_names:
+            live = [k for k in range(len(batch)) if k not in errors]
+            if not live:
+                break
+            requests = [
+                GenerationRequest(
+                    image_path=batch[k].image_path,
+                    prompt=self.method.build_prompt(pass_name, passes[k]),
+                )
+                for k in live
+            ]
+            for k, request, output in zip(
+                live, requests, generate_isolated(self.backend, requests, params), strict=True
+            ):
+                if isinstance(output, Exception):
+                    errors[k] = f"{type(output).__name__}: {output}"
+                    continue
+                parsed = self.method.parse(pass_name, output)
+                passes[k].append(
+                    PassOutput(
+                        name=pass_name,
+                        prompt=request.prompt,
+                        raw_output=output,
+                        caption=parsed.caption,
+                        reasoning=parsed.reasoning,
+                        parse_status=parsed.parse_status,
+                        details=parsed.details,
+                    )
+                )
+        latency = (time.perf_counter() - started) / max(len(batch), 1)
+        out = []
+        for k, sample in enumerate(batch):
+            done = [p.model_dump() for p in passes[k]]
+            if k in errors:
+                record = ResultRecord(
+                    image_id=sample.image_id,
+                    reference_captions=list(sample.references),
+                    generated_caption="",
+                    reasoning_trace="",
+                    metadata={"status": "failed", "error": errors[k], "passes": done},
+                    metrics={},
+                )
+            else:
+                final = self.method.finalize(passes[k])
+                record = ResultRecord(
+                    image_id=sample.image_id,
+                    reference_captions=list(sample.references),
+                    generated_caption=final.generated_caption,
+                    reasoning_trace=final.reasoning_trace,
+                    metadata={**final.metadata, "passes": done},
+                    metrics={},
+                )
+            out.append((record, latency))
+        return out
+
+
+def generate_isolated(
+    backend: Backend, requests: Sequence[GenerationRequest], params: GenerationParams
+) -> list[str | Exception]:
+    """Generate a batch; if it raises, retry one by one so only the failing samples fail.
+
+    This is the one place where per-sample failures are caught: the error is
+    stored with its sample and the run goes on.
+    """
+    try:
+        outputs = backend.generate(requests, params)
+    except Exception as exc:  # any backend failure is data for the sample(s) it hit
+        if len(requests) == 1:
+            return [exc]
+        return [generate_isolated(backend, [r], params)[0] for r in requests]
+    if len(outputs) != len(requests):
+        raise RuntimeError(
+            f"backend returned {len(outputs)} outputs for {len(requests)} requests (a backend bug)"
+        )
+    return list(outputs)

@@ -1,0 +1,229 @@
+"""The JSON checkpoint contract: models, file names, atomic writes, validated reads.
+
+Shape (see the checkpointing guide): top-level ``meta``, ``checkpoint_info``,
+``results``; final results files share it with ``meta.is_checkpoint = false``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cobra_eval.errors import CheckpointFileError
+
+FORMAT_VERSION = 1
+#: Files larger than this are refused before parsing: no real run comes close.
+MAX_FILE_BYTES = 2 * 1024**3
+STAMP_FORMAT = "%Y%m%d_%H%M%S"
+
+
+class ResultRecord(BaseModel):
+    """One sample's result, exactly as it appears in ``results[]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_id: int = Field(description="Dataset image id.")
+    reference_captions: list[str] = Field(description="The dataset's reference captions.")
+    generated_caption: str = Field(description="The method's final caption ('' when failed).")
+    reasoning_trace: str = Field(
+        "", description="Scratchpad / reasoning text, if the method has one."
+    )
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Method metadata: parse status, passes, and status/error of failed samples.",
+    )
+    metrics: dict[str, float | None] = Field(
+        default_factory=dict, description="Per-sample metrics."
+    )
+
+    @property
+    def status(self) -> str:
+        """ok, or failed when generation raised for this sample."""
+        return "failed" if self.metadata.get("status") == "failed" else "ok"
+
+
+class CheckpointMeta(BaseModel):
+    """``meta``: what produced the file and how far it got."""
+
+    model_config = ConfigDict(extra="allow")
+
+    timestamp: str = Field(description="ISO time of export, local time, seconds precision.")
+    config: dict[str, Any] = Field(description="Full config: semantic parts plus 'settings'.")
+    method: str = Field(description="The method whose results these are.")
+    samples_processed: int = Field(ge=0, description="Results in this file.")
+    total_samples: int = Field(ge=0, description="Samples the run was asked for.")
+    is_checkpoint: bool = Field(description="True for periodic snapshots, False for final results.")
+    run_id: str | None = Field(None, description="The run in the database (beyond the guide).")
+    tool_version: str | None = Field(None, description="cobra_eval version that wrote it.")
+    format_version: int = Field(FORMAT_VERSION, description="Version of this file shape.")
+
+
+class CheckpointInfo(BaseModel):
+    """``checkpoint_info``: progress counts, readable with ``jq '.checkpoint_info'``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    processed_count: int = Field(ge=0)
+    remaining_count: int = Field(ge=0)
+
+
+class CheckpointFile(BaseModel):
+    """A whole checkpoint or final results file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    meta: CheckpointMeta
+    checkpoint_info: CheckpointInfo
+    results: list[ResultRecord]
+
+    @field_validator("results")
+    @classmethod
+    def _unique_ids(cls, results: list[ResultRecord]) -> list[ResultRecord]:
+        seen: set[int] = set()
+        dupes = []
+        for item in results:
+            if item.image_id in seen:
+                dupes.append(item.image_id)
+            seen.add(item.image_id)
+        if dupes:
+            shown = ", ".join(str(d) for d in dupes[:5])
+            raise ValueError(f"duplicate image_id in results: {shown}")
+        return results
+
+
+def checkpoint_name(method: str, count: int, when: datetime) -> str:
+    """checkpoint_{method}_{count}_{YYYYmmdd_HHMMSS}.json"""
+    return f"checkpoint_{method}_{count}_{when.strftime(STAMP_FORMAT)}.json"
+
+
+def latest_name(method: str) -> str:
+    """checkpoint_{method}_latest.json"""
+    return f"checkpoint_{method}_latest.json"
+
+
+def final_name(method: str) -> str:
+    """results_{method}.json: the final results of a method in a run."""
+    return f"results_{method}.json"
+
+
+def method_dir(output_dir: Path, run_id: str, method: str) -> Path:
+    """<output_dir>/<run_id>/<method>/"""
+    return output_dir / run_id / method
+
+
+def dumps(doc: CheckpointFile) -> bytes:
+    """The one serialisation: export -> import -> export is byte-identical."""
+    return (json.dumps(doc.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder, fsync, rename, fsync the folder.
+
+    A kill at any moment leaves either the old file or the new one, never a
+    truncated file under the real name.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_checkpoint(path: Path) -> CheckpointFile:
+    """Read and validate a checkpoint/results file, or raise one clear CheckpointFileError."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise CheckpointFileError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise CheckpointFileError(f"{path}: cannot read: {exc.strerror}") from None
+    if path.is_dir():
+        raise CheckpointFileError(f"{path}: is a directory, not a JSON results file")
+    if size > MAX_FILE_BYTES:
+        raise CheckpointFileError(
+            f"{path}: {size} bytes is larger than the {MAX_FILE_BYTES} bytes a results file may have"
+        )
+    try:
+        raw = path.read_bytes()
+        data = json.loads(raw)
+    except UnicodeDecodeError:
+        raise CheckpointFileError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    except json.JSONDecodeError as exc:
+        hint = " (the file looks truncated)" if exc.pos >= len(raw.rstrip()) else ""
+        raise CheckpointFileError(
+            f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}{hint}"
+        ) from None
+    return parse_checkpoint(data, str(path))
+
+
+def parse_checkpoint(data: Any, source: str) -> CheckpointFile:
+    """Validate decoded JSON against the contract."""
+    if not isinstance(data, dict):
+        raise CheckpointFileError(
+            f"{source}: not a checkpoint or results file: expected a JSON object with "
+            f"'meta', 'checkpoint_info' and 'results', got {type(data).__name__}"
+        )
+    missing = [key for key in ("meta", "checkpoint_info", "results") if key not in data]
+    if missing:
+        raise CheckpointFileError(
+            f"{source}: not a checkpoint or results file: missing {', '.join(repr(m) for m in missing)}"
+        )
+    try:
+        return CheckpointFile.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors()[:5]:
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(
+                "."
+            )
+            problems.append(f"{where or 'file'}: {err['msg']}")
+        more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+        raise CheckpointFileError(
+            f"{source}: wrong shape for a checkpoint or results file: {'; '.join(problems)}{more}"
+        ) from None
+
+
+_NUMBERED = re.compile(r"^checkpoint_(?P<method>.+)_(?P<count>\d+)_(?P<stamp>\d{8}_\d{6})\.json$")
+
+
+def find_candidates(output_dir: Path, method: str) -> Iterator[Path]:
+    """Checkpoint and final results files of a method under output_dir, newest first."""
+    if not output_dir.is_dir():
+        return iter(())
+    found = []
+    for run_dir in output_dir.iterdir():
+        folder = run_dir / method
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            name = path.name
+            match = _NUMBERED.match(name)
+            if (match and match["method"] == method) or name in (
+                latest_name(method),
+                final_name(method),
+            ):
+                try:
+                    found.append((path.stat().st_mtime, name, path))
+                except OSError:
+                    continue
+    found.sort(reverse=True)
+    return iter(path for _, _, path in found)

@@ -1,0 +1,261 @@
+"""Opening a results database: URL resolution, engine setup, schema upgrade.
+
+SQLite gets WAL (readers never block the writer), a busy timeout, foreign
+keys, and ``BEGIN IMMEDIATE`` transactions: a deferred transaction that reads
+and then writes can fail at once with 'database is locked' instead of waiting,
+so every transaction takes the write lock up front and waits its turn.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+
+from cobra_eval.errors import StoreError
+
+DB_ENV = "COBRA_EVAL_DB"
+DEFAULT_DB_NAME = "cobra_eval.db"
+BUSY_TIMEOUT_S = 30.0
+READ_ONLY_OPTION = "cobra_eval_read_only"
+
+
+def resolve_url(db: str | None, output_dir: Path | str = "results") -> str:
+    """A SQLAlchemy URL from ``--db`` (URL or SQLite path), else the default file."""
+    if not db:
+        return "sqlite:///" + str((Path(output_dir) / DEFAULT_DB_NAME).resolve())
+    if "://" in db:
+        try:
+            make_url(db)
+        except ArgumentError as exc:
+            raise StoreError(f"--db {mask_url(db)!r} is not a valid database URL: {exc}") from None
+        return db
+    return "sqlite:///" + str(Path(db).expanduser().resolve())
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***, for every message and log line."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL, or None for other databases and in-memory SQLite."""
+    parsed = make_url(url)
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or not parsed.database
+        or parsed.database == ":memory:"
+    ):
+        return None
+    return Path(parsed.database)
+
+
+def migrations_dir() -> Path:
+    """The Alembic environment: inside the package when installed, else the repo's."""
+    here = Path(__file__).resolve().parent.parent
+    packaged = here / "_migrations"
+    return packaged if packaged.is_dir() else here.parent / "migrations"
+
+
+def alembic_config(url: str) -> Any:
+    """An Alembic Config for this URL that works without alembic.ini."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def _script() -> Any:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://"))
+
+
+def head_revision() -> str:
+    """The newest schema revision this version of the tool knows."""
+    head = _script().get_current_head()
+    assert head is not None, "migrations/ has no revisions"
+    return str(head)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the per-dialect settings above; nothing is connected yet."""
+    kwargs: dict[str, Any] = {}
+    is_sqlite = make_url(url).get_backend_name() == "sqlite"
+    if is_sqlite:
+        kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}
+    try:
+        engine = create_engine(url, **kwargs)
+    except ImportError as exc:
+        raise StoreError(
+            f"the database driver for {make_url(url).drivername} is not installed ({exc.name}); "
+            "install it, e.g. pip install 'psycopg[binary]' for postgresql+psycopg"
+        ) from None
+    if is_sqlite:
+        _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Driver-level autocommit, so the BEGIN below is the only transaction start.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Readers (see read_only) must not queue behind writers: WAL lets them run alongside.
+        read = conn.get_execution_options().get(READ_ONLY_OPTION)
+        conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine, but its transactions only read (SQLite: a deferred BEGIN)."""
+    return engine.execution_options(**{READ_ONLY_OPTION: True})
+
+
+def _stored_revision_sqlite(path: Path) -> str | None:
+    """Read the schema revision without writing a byte (no WAL switch, no lock upgrade)."""
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open database {path}: {exc}") from None
+    try:
+        tables = {
+            row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        if "alembic_version" not in tables:
+            if tables:
+                raise StoreError(
+                    f"{path} is a SQLite database but not a cobra_eval results database "
+                    f"(it has tables {', '.join(sorted(tables)[:5])} and no schema version)"
+                )
+            return None
+        row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+        return row[0] if row else None
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not a SQLite database ({exc})") from None
+    finally:
+        con.close()
+
+
+def _stored_revision(engine: Engine) -> str | None:
+    with read_only(engine).connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def _check_known(revision: str | None, where: str) -> None:
+    if revision is None:
+        return
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
+
+    try:
+        known = _script().get_revision(revision)
+    except (RevisionError, CommandError):
+        known = None
+    if known is None:
+        raise StoreError(
+            f"database {where} has schema revision {revision}, which is newer than this "
+            f"cobra_eval ({_version()}, schema head {head_revision()}) knows; upgrade cobra_eval "
+            "to use it (the database was left untouched)"
+        )
+
+
+def _version() -> str:
+    from cobra_eval import __version__
+
+    return __version__
+
+
+def open_engine(url: str, *, upgrade: bool = True) -> Engine:
+    """Open (creating if needed) a results database and bring its schema to head.
+
+    A database stamped with a revision this tool does not know is refused
+    before anything is written to it.
+    """
+    path = sqlite_path(url)
+    where = str(path) if path else mask_url(url)
+    if path is not None:
+        if path.exists():
+            if path.is_dir():
+                raise StoreError(f"--db {path} is a directory, not a database file")
+            _check_known(_stored_revision_sqlite(path), where)
+        else:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the folder for database {path}: {exc}") from None
+    engine = make_engine(url)
+    try:
+        if path is None:
+            _check_known(_stored_revision(engine), where)
+        if upgrade and (
+            path is None or not path.exists() or _stored_revision(engine) != head_revision()
+        ):
+            upgrade_schema(engine, url)
+    except OperationalError as exc:
+        engine.dispose()
+        raise StoreError(f"cannot open database {where}: {exc.orig}") from None
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise StoreError(f"cannot open database {where}: {exc}") from None
+    return engine
+
+
+def upgrade_schema(engine: Engine, url: str, revision: str = "head") -> None:
+    """Run Alembic ``upgrade`` on this engine, in one transaction."""
+    from alembic import command
+
+    cfg = alembic_config(url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def current_revision(url: str) -> str | None:
+    """The revision a database is stamped with (None when empty), read without writing."""
+    path = sqlite_path(url)
+    if path is not None:
+        if not path.exists():
+            return None
+        return _stored_revision_sqlite(path)
+    engine = make_engine(url)
+    try:
+        return _stored_revision(engine)
+    finally:
+        engine.dispose()
+
+
+def worker_identity() -> str:
+    """user@host:pid, recorded with every row a process writes."""
+    return f"{user_at_host()}:{os.getpid()}"
+
+
+def user_at_host() -> str:
+    """user@host of this process."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # getuser raises OSError/KeyError when no user name is known
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()}"

@@ -1,0 +1,175 @@
+"""The tables of the results database (SQLModel).
+
+Schema changes go through Alembic migrations only (``migrations/``); a test
+checks that autogenerate finds no difference between these models and head.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+RunStatus = Literal["running", "finished", "interrupted"]
+SampleStatus = Literal["ok", "failed"]
+MetricScope = Literal["checkpoint", "final"]
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the one clock of the store."""
+    return datetime.now(timezone.utc)
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(default_factory=utcnow, sa_type=DateTime(timezone=True), **kw)
+
+
+class Run(SQLModel, table=True):
+    """One evaluation run: a model, generation parameters and a dataset selection."""
+
+    __tablename__ = "run"
+
+    id: str = Field(
+        primary_key=True, max_length=200, description="Run id, e.g. run_20251130_120000."
+    )
+    created_at: datetime = _ts(description="When the run was created (UTC).")
+    created_by: str = Field(max_length=200, description="user@host that created the run.")
+    tool_version: str = Field(max_length=50, description="cobra_eval version that created it.")
+    config: dict[str, Any] = Field(
+        sa_column=Column(JSON, nullable=False), description="Run-level semantic config."
+    )
+    fingerprint: str = Field(index=True, max_length=64, description="Hash of the run-level config.")
+    status: str = Field(
+        default="running", max_length=20, description="running | finished | interrupted."
+    )
+
+
+class RunMethod(SQLModel, table=True):
+    """Progress of one method inside a run."""
+
+    __tablename__ = "run_method"
+    __table_args__ = (UniqueConstraint("run_id", "method", name="uq_run_method"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", max_length=200, description="The run.")
+    method: str = Field(max_length=100, description="Method name.")
+    config: dict[str, Any] = Field(
+        sa_column=Column(JSON, nullable=False), description="Method-level config."
+    )
+    fingerprint: str = Field(max_length=64, description="Hash of the method-level config.")
+    settings: dict[str, Any] = Field(
+        sa_column=Column(JSON, nullable=False),
+        description="Non-semantic settings of the latest invocation (num_samples, interval...).",
+    )
+    total_planned: int = Field(default=0, description="Samples the latest invocation asked for.")
+    status: str = Field(
+        default="running", max_length=20, description="running | finished | interrupted."
+    )
+    started_at: datetime = _ts(description="First time this method ran in the run.")
+    updated_at: datetime = _ts(description="Last progress.")
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class PlannedSample(SQLModel, table=True):
+    """The ordered sample plan of a run: position i holds one image id."""
+
+    __tablename__ = "planned_sample"
+    __table_args__ = (
+        UniqueConstraint("run_id", "image_id", name="uq_planned_sample"),
+        Index("ix_planned_sample_run_position", "run_id", "position"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", max_length=200)
+    position: int = Field(description="0-based order in which samples are processed.")
+    image_id: int = Field(sa_type=BigInteger, description="Dataset image id.")
+
+
+class SampleResult(SQLModel, table=True):
+    """One processed sample of one method: committed the moment it exists."""
+
+    __tablename__ = "sample_result"
+    __table_args__ = (UniqueConstraint("run_id", "method", "image_id", name="uq_sample_result"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", max_length=200)
+    method: str = Field(max_length=100)
+    image_id: int = Field(sa_type=BigInteger)
+    status: str = Field(default="ok", max_length=20, description="ok | failed (then see error).")
+    error: str | None = Field(default=None, sa_type=Text, description="Why the sample failed.")
+    reference_captions: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    generated_caption: str = Field(default="", sa_type=Text)
+    reasoning_trace: str = Field(default="", sa_type=Text)
+    metadata_json: dict[str, Any] = Field(
+        sa_column=Column("metadata", JSON, nullable=False), description="Method metadata."
+    )
+    metrics_json: dict[str, Any] = Field(
+        sa_column=Column("metrics", JSON, nullable=False), description="Per-sample metrics."
+    )
+    worker: str = Field(default="", max_length=200, description="user@host:pid that produced it.")
+    latency_s: float | None = Field(default=None, description="Wall seconds spent generating it.")
+    created_at: datetime = _ts()
+
+
+class SamplePass(SQLModel, table=True):
+    """One generation pass of a sample (every method has at least one)."""
+
+    __tablename__ = "sample_pass"
+    __table_args__ = (UniqueConstraint("result_id", "pass_index", name="uq_sample_pass"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    result_id: int = Field(foreign_key="sample_result.id", index=True)
+    pass_index: int
+    name: str = Field(max_length=100)
+    prompt: str = Field(sa_type=Text)
+    raw_output: str = Field(sa_type=Text)
+    caption: str = Field(sa_type=Text)
+    reasoning: str = Field(default="", sa_type=Text)
+    parse_status: str = Field(default="ok", max_length=100)
+    metrics_json: dict[str, Any] = Field(sa_column=Column("metrics", JSON, nullable=False))
+
+
+class MetricValue(SQLModel, table=True):
+    """One metric of one sample (or one pass): narrow rows for plain SQL analysis."""
+
+    __tablename__ = "metric_value"
+    __table_args__ = (Index("ix_metric_value_result", "result_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    result_id: int = Field(foreign_key="sample_result.id")
+    pass_id: int | None = Field(default=None, foreign_key="sample_pass.id")
+    name: str = Field(max_length=100)
+    value: float
+
+
+class CorpusMetric(SQLModel, table=True):
+    """A corpus-level score of a method over n samples, at a checkpoint or at the end."""
+
+    __tablename__ = "corpus_metric"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", max_length=200, index=True)
+    method: str = Field(max_length=100)
+    metric: str = Field(max_length=100)
+    value: float
+    n_samples: int
+    scope: str = Field(max_length=20, description="checkpoint | final.")
+    created_at: datetime = _ts()
+
+
+class Checkpoint(SQLModel, table=True):
+    """A JSON snapshot that was exported (the file may since have been deleted)."""
+
+    __tablename__ = "checkpoint"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", max_length=200, index=True)
+    method: str = Field(max_length=100)
+    count: int = Field(description="Samples processed when it was written.")
+    is_final: bool = Field(default=False)
+    path: str = Field(sa_type=Text)
+    bytes: int
+    sha256: str = Field(max_length=64)
+    created_at: datetime = _ts()

@@ -1,0 +1,487 @@
+"""All reads and writes of the results database, each in one short transaction.
+
+Core SQL on the SQLModel tables: a per-sample commit is a handful of INSERTs,
+and the ORM's unit-of-work would cost more than the writes themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, case, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from cobra_eval import __version__
+from cobra_eval.errors import StoreError
+from cobra_eval.store.checkpoint_io import ResultRecord
+from cobra_eval.store.engine import mask_url, open_engine, read_only, user_at_host
+from cobra_eval.store.models import (
+    Checkpoint,
+    MetricValue,
+    PlannedSample,
+    Run,
+    RunMethod,
+    SamplePass,
+    SampleResult,
+    utcnow,
+)
+
+RUN = Run.__table__  # type: ignore[attr-defined]
+RUN_METHOD = RunMethod.__table__  # type: ignore[attr-defined]
+PLAN = PlannedSample.__table__  # type: ignore[attr-defined]
+RESULT = SampleResult.__table__  # type: ignore[attr-defined]
+PASS = SamplePass.__table__  # type: ignore[attr-defined]
+METRIC = MetricValue.__table__  # type: ignore[attr-defined]
+CHECKPOINT = Checkpoint.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run as read from the database."""
+
+    id: str
+    created_at: datetime
+    created_by: str
+    tool_version: str
+    config: dict[str, Any]
+    fingerprint: str
+    status: str
+
+
+@dataclass(frozen=True)
+class MethodProgress:
+    """Progress of one method of a run."""
+
+    run_id: str
+    method: str
+    config: dict[str, Any]
+    fingerprint: str
+    settings: dict[str, Any]
+    total_planned: int
+    done: int
+    failed: int
+    status: str
+    updated_at: datetime
+
+
+class Store:
+    """A results database: runs, plans, results, checkpoints."""
+
+    def __init__(self, engine: Engine, url: str):
+        self.engine = engine
+        self.reader = read_only(engine)
+        self.url = url
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """Open a database by SQLAlchemy URL, upgrading its schema to head."""
+        return cls(open_engine(url), url)
+
+    def close(self) -> None:
+        """Release every connection."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def display(self) -> str:
+        """The URL as it may be shown to people (password masked)."""
+        return mask_url(self.url)
+
+    # -- runs -------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> RunInfo | None:
+        """The run with this id, if any."""
+        with self.reader.connect() as conn:
+            row = conn.execute(select(RUN).where(RUN.c.id == run_id)).mappings().first()
+        return RunInfo(**row) if row else None
+
+    def runs(self, fingerprint: str | None = None) -> list[RunInfo]:
+        """Runs, newest first; only those with this run-level fingerprint if given."""
+        query = select(RUN).order_by(RUN.c.created_at.desc(), RUN.c.id.desc())
+        if fingerprint is not None:
+            query = query.where(RUN.c.fingerprint == fingerprint)
+        with self.reader.connect() as conn:
+            return [RunInfo(**row) for row in conn.execute(query).mappings()]
+
+    def create_run(self, run_id: str, config: dict[str, Any], fingerprint: str) -> RunInfo:
+        """Create a run; the id must be new."""
+        row = {
+            "id": run_id,
+            "created_at": utcnow(),
+            "created_by": user_at_host(),
+            "tool_version": __version__,
+            "config": config,
+            "fingerprint": fingerprint,
+            "status": "running",
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(RUN).values(**row))
+        except IntegrityError:
+            raise StoreError(f"a run named {run_id!r} already exists") from None
+        return RunInfo(**row)
+
+    def unused_run_id(self, base: str) -> str:
+        """base, or base_2, base_3, ... whichever is not taken yet."""
+        with self.reader.connect() as conn:
+            taken = set(conn.execute(select(RUN.c.id).where(RUN.c.id.like(f"{base}%"))).scalars())
+        candidate, n = base, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{base}_{n}"
+        return candidate
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        """running | finished | interrupted."""
+        with self.engine.begin() as conn:
+            conn.execute(update(RUN).where(RUN.c.id == run_id).values(status=status))
+
+    # -- methods of a run ---------------------------------------------------
+
+    def method_progress(self, run_id: str, method: str | None = None) -> list[MethodProgress]:
+        """Progress of every method of a run (or one), in the order they were started."""
+        done = (
+            select(
+                RESULT.c.method,
+                func.count().label("done"),
+                func.sum(case((RESULT.c.status == "failed", 1), else_=0)).label("failed"),
+            )
+            .where(RESULT.c.run_id == run_id)
+            .group_by(RESULT.c.method)
+            .subquery()
+        )
+        query = (
+            select(RUN_METHOD, func.coalesce(done.c.done, 0).label("done"), done.c.failed)
+            .outerjoin(done, done.c.method == RUN_METHOD.c.method)
+            .where(RUN_METHOD.c.run_id == run_id)
+            .order_by(RUN_METHOD.c.id)
+        )
+        if method is not None:
+            query = query.where(RUN_METHOD.c.method == method)
+        with self.reader.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            MethodProgress(
+                run_id=r["run_id"],
+                method=r["method"],
+                config=r["config"],
+                fingerprint=r["fingerprint"],
+                settings=r["settings"],
+                total_planned=r["total_planned"],
+                done=r["done"],
+                failed=int(r["failed"] or 0),
+                status=r["status"],
+                updated_at=r["updated_at"],
+            )
+            for r in rows
+        ]
+
+    def ensure_method(
+        self,
+        run_id: str,
+        method: str,
+        *,
+        config: dict[str, Any],
+        fingerprint: str,
+        settings: dict[str, Any],
+        total: int,
+    ) -> None:
+        """Create the run's method row, or record a new target total for it."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            exists = conn.execute(
+                select(RUN_METHOD.c.id).where(
+                    RUN_METHOD.c.run_id == run_id, RUN_METHOD.c.method == method
+                )
+            ).first()
+            if exists:
+                conn.execute(
+                    update(RUN_METHOD)
+                    .where(RUN_METHOD.c.id == exists.id)
+                    .values(
+                        total_planned=total,
+                        settings=settings,
+                        status="running",
+                        updated_at=now,
+                        finished_at=None,
+                    )
+                )
+            else:
+                conn.execute(
+                    insert(RUN_METHOD).values(
+                        run_id=run_id,
+                        method=method,
+                        config=config,
+                        fingerprint=fingerprint,
+                        settings=settings,
+                        total_planned=total,
+                        status="running",
+                        started_at=now,
+                        updated_at=now,
+                    )
+                )
+            conn.execute(update(RUN).where(RUN.c.id == run_id).values(status="running"))
+
+    def set_method_status(self, run_id: str, method: str, status: str) -> None:
+        """running | finished | interrupted; finished also stamps finished_at."""
+        now = utcnow()
+        values: dict[str, Any] = {"status": status, "updated_at": now}
+        if status == "finished":
+            values["finished_at"] = now
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(RUN_METHOD)
+                .where(RUN_METHOD.c.run_id == run_id, RUN_METHOD.c.method == method)
+                .values(**values)
+            )
+
+    # -- the plan -------------------------------------------------------------
+
+    def ensure_plan(self, run_id: str, ordered_ids: Sequence[int]) -> None:
+        """Make positions 0..n-1 of the plan hold these ids (earlier entries may move)."""
+        with self.engine.begin() as conn:
+            existing = dict(
+                conn.execute(
+                    select(PLAN.c.image_id, PLAN.c.position).where(PLAN.c.run_id == run_id)
+                ).all()
+            )
+            wanted = set(ordered_ids)
+            # ids known only from an import, not in this selection, keep a place after it
+            extra = sorted((pos, i) for i, pos in existing.items() if i not in wanted)
+            target = {image_id: pos for pos, image_id in enumerate(ordered_ids)}
+            target.update({image_id: len(ordered_ids) + k for k, (_, image_id) in enumerate(extra)})
+            moves = [
+                {"b_id": image_id, "b_pos": target[image_id]}
+                for image_id, pos in existing.items()
+                if target[image_id] != pos
+            ]
+            if moves:
+                conn.execute(
+                    update(PLAN)
+                    .where(PLAN.c.run_id == run_id, PLAN.c.image_id == bindparam("b_id"))
+                    .values(position=bindparam("b_pos")),
+                    moves,
+                )
+            new = [
+                {"run_id": run_id, "position": pos, "image_id": image_id}
+                for pos, image_id in enumerate(ordered_ids)
+                if image_id not in existing
+            ]
+            if new:
+                conn.execute(insert(PLAN), new)
+
+    def append_to_plan(self, conn: Connection, run_id: str, image_ids: Iterable[int]) -> None:
+        """Add ids not yet planned at the end of the plan (inside the caller's transaction)."""
+        existing = set(
+            conn.execute(select(PLAN.c.image_id).where(PLAN.c.run_id == run_id)).scalars()
+        )
+        start = conn.execute(
+            select(func.coalesce(func.max(PLAN.c.position) + 1, 0)).where(PLAN.c.run_id == run_id)
+        ).scalar_one()
+        new = []
+        for image_id in image_ids:
+            if image_id not in existing:
+                existing.add(image_id)
+                new.append({"run_id": run_id, "position": start + len(new), "image_id": image_id})
+        if new:
+            conn.execute(insert(PLAN), new)
+
+    def pending(self, run_id: str, method: str, limit: int) -> list[int]:
+        """Planned ids at positions < limit that have no successful result yet, in plan order.
+
+        Failed samples are pending again: every resume retries them.
+        """
+        ok = (
+            select(RESULT.c.image_id)
+            .where(RESULT.c.run_id == run_id, RESULT.c.method == method, RESULT.c.status == "ok")
+            .scalar_subquery()
+        )
+        query = (
+            select(PLAN.c.image_id)
+            .where(PLAN.c.run_id == run_id, PLAN.c.position < limit, PLAN.c.image_id.not_in(ok))
+            .order_by(PLAN.c.position)
+        )
+        with self.reader.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    def count_results(self, run_id: str, method: str, limit: int | None = None) -> int:
+        """Samples of a method with a result row (ok or failed), within plan positions < limit."""
+        query = select(func.count()).where(RESULT.c.run_id == run_id, RESULT.c.method == method)
+        if limit is not None:
+            planned = select(PLAN.c.image_id).where(PLAN.c.run_id == run_id, PLAN.c.position < limit)
+            query = query.where(RESULT.c.image_id.in_(planned.scalar_subquery()))
+        with self.reader.connect() as conn:
+            return conn.execute(query).scalar_one()
+
+    def failed_ids(self, run_id: str, method: str) -> set[int]:
+        """Image ids whose stored result is a failure (retried on resume)."""
+        query = select(RESULT.c.image_id).where(
+            RESULT.c.run_id == run_id, RESULT.c.method == method, RESULT.c.status == "failed"
+        )
+        with self.reader.connect() as conn:
+            return set(conn.execute(query).scalars())
+
+    # -- results ------------------------------------------------------------
+
+    def commit_result(
+        self,
+        run_id: str,
+        method: str,
+        result: ResultRecord,
+        *,
+        worker: str,
+        latency_s: float | None,
+    ) -> bool:
+        """Commit one sample in its own transaction; False if a successful row already existed."""
+        try:
+            with self.engine.begin() as conn:
+                return write_result(
+                    conn, run_id, method, result, worker=worker, latency_s=latency_s
+                )
+        except IntegrityError:
+            # another worker committed the same sample between our check and insert
+            return False
+
+    def results(self, run_id: str, method: str) -> Iterator[ResultRecord]:
+        """A method's results in plan order, as they appear in exports."""
+        position = (
+            select(PLAN.c.position)
+            .where(PLAN.c.run_id == RESULT.c.run_id, PLAN.c.image_id == RESULT.c.image_id)
+            .scalar_subquery()
+        )
+        query = (
+            select(
+                RESULT.c.image_id,
+                RESULT.c.reference_captions,
+                RESULT.c.generated_caption,
+                RESULT.c.reasoning_trace,
+                RESULT.c.metadata,
+                RESULT.c.metrics,
+            )
+            .where(RESULT.c.run_id == run_id, RESULT.c.method == method)
+            .order_by(func.coalesce(position, 2**62), RESULT.c.id)
+        )
+        with self.reader.connect() as conn:
+            for row in conn.execute(query):
+                yield ResultRecord.model_construct(
+                    image_id=row.image_id,
+                    reference_captions=row.reference_captions,
+                    generated_caption=row.generated_caption,
+                    reasoning_trace=row.reasoning_trace,
+                    metadata=row.metadata,
+                    metrics=row.metrics,
+                )
+
+    def record_checkpoint(
+        self,
+        run_id: str,
+        method: str,
+        *,
+        count: int,
+        path: str,
+        size: int,
+        sha256: str,
+        is_final: bool,
+    ) -> None:
+        """Remember an exported JSON file."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(CHECKPOINT).values(
+                    run_id=run_id,
+                    method=method,
+                    count=count,
+                    is_final=is_final,
+                    path=path,
+                    bytes=size,
+                    sha256=sha256,
+                    created_at=utcnow(),
+                )
+            )
+
+
+def write_result(
+    conn: Connection,
+    run_id: str,
+    method: str,
+    result: ResultRecord,
+    *,
+    worker: str,
+    latency_s: float | None,
+) -> bool:
+    """Insert one result with its passes and metric rows; a failed row is replaced.
+
+    Returns False (and writes nothing) when a successful row already exists:
+    the database is the truth, and a sample is never committed twice.
+    """
+    existing = conn.execute(
+        select(RESULT.c.id, RESULT.c.status).where(
+            RESULT.c.run_id == run_id,
+            RESULT.c.method == method,
+            RESULT.c.image_id == result.image_id,
+        )
+    ).first()
+    if existing is not None:
+        if existing.status == "ok":
+            return False
+        conn.execute(delete(METRIC).where(METRIC.c.result_id == existing.id))
+        conn.execute(delete(PASS).where(PASS.c.result_id == existing.id))
+        conn.execute(delete(RESULT).where(RESULT.c.id == existing.id))
+    metadata = result.metadata
+    result_id = conn.execute(
+        insert(RESULT).values(
+            run_id=run_id,
+            method=method,
+            image_id=result.image_id,
+            status=result.status,
+            error=metadata.get("error") if result.status == "failed" else None,
+            reference_captions=result.reference_captions,
+            generated_caption=result.generated_caption,
+            reasoning_trace=result.reasoning_trace,
+            metadata=metadata,
+            metrics=result.metrics,
+            worker=worker,
+            latency_s=latency_s,
+            created_at=utcnow(),
+        )
+    ).inserted_primary_key[0]
+    metric_rows = _metric_rows(result_id, None, result.metrics)
+    passes = metadata.get("passes")
+    if isinstance(passes, list):
+        for index, item in enumerate(passes):
+            if not isinstance(item, dict):
+                continue
+            pass_id = conn.execute(
+                insert(PASS).values(
+                    result_id=result_id,
+                    pass_index=index,
+                    name=str(item.get("name", f"pass{index + 1}")),
+                    prompt=str(item.get("prompt", "")),
+                    raw_output=str(item.get("raw_output", "")),
+                    caption=str(item.get("caption", "")),
+                    reasoning=str(item.get("reasoning", "")),
+                    parse_status=str(item.get("parse_status", "ok")),
+                    metrics=item.get("metrics") if isinstance(item.get("metrics"), dict) else {},
+                )
+            ).inserted_primary_key[0]
+            metric_rows += _metric_rows(result_id, pass_id, item.get("metrics"))
+    if metric_rows:
+        conn.execute(insert(METRIC), metric_rows)
+    return True
+
+
+def _metric_rows(result_id: int, pass_id: int | None, metrics: Any) -> list[dict[str, Any]]:
+    if not isinstance(metrics, dict):
+        return []
+    return [
+        {"result_id": result_id, "pass_id": pass_id, "name": str(name), "value": float(value)}
+        for name, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    ]

@@ -1,0 +1,222 @@
+"""Moving results between the database and the JSON contract: export and import."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from cobra_eval import __version__
+from cobra_eval.config import (
+    SETTINGS_KEY,
+    diff_configs,
+    fingerprint,
+    method_part,
+    run_part,
+    semantic,
+)
+from cobra_eval.errors import ConfigMismatchError, StoreError
+from cobra_eval.store.checkpoint_io import (
+    CheckpointFile,
+    CheckpointInfo,
+    CheckpointMeta,
+    checkpoint_name,
+    dumps,
+    final_name,
+    latest_name,
+    method_dir,
+    write_atomic,
+)
+from cobra_eval.store.engine import user_at_host, worker_identity
+from cobra_eval.store.models import utcnow
+from cobra_eval.store.repository import RUN, RUN_METHOD, Store, write_result
+
+
+@dataclass(frozen=True)
+class ExportedFile:
+    """A JSON file written from the database."""
+
+    path: Path
+    count: int
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What an import did."""
+
+    run_id: str
+    method: str
+    imported: int
+    skipped: int
+    created_run: bool
+
+
+def full_config(store: Store, run_id: str, method: str) -> dict[str, Any]:
+    """The config recorded in exports: run part, method part and settings."""
+    run = store.get_run(run_id)
+    progress = store.method_progress(run_id, method)
+    if run is None or not progress:
+        raise StoreError(f"run {run_id!r} has no method {method!r} in {store.display}")
+    return {**run.config, "method": progress[0].config, SETTINGS_KEY: progress[0].settings}
+
+
+def build_document(
+    store: Store, run_id: str, method: str, *, is_checkpoint: bool, when: datetime
+) -> CheckpointFile:
+    """The whole run/method as one document, results in plan order."""
+    progress = store.method_progress(run_id, method)
+    if not progress:
+        raise StoreError(f"run {run_id!r} has no method {method!r} in {store.display}")
+    total = progress[0].total_planned
+    results = list(store.results(run_id, method))
+    in_plan = store.count_results(run_id, method, limit=total)
+    return CheckpointFile(
+        meta=CheckpointMeta(
+            timestamp=when.isoformat(timespec="seconds"),
+            config=full_config(store, run_id, method),
+            method=method,
+            samples_processed=len(results),
+            total_samples=total,
+            is_checkpoint=is_checkpoint,
+            run_id=run_id,
+            tool_version=__version__,
+        ),
+        checkpoint_info=CheckpointInfo(
+            processed_count=len(results), remaining_count=max(total - in_plan, 0)
+        ),
+        results=results,
+    )
+
+
+def export_snapshot(
+    store: Store,
+    output_dir: Path,
+    run_id: str,
+    method: str,
+    *,
+    is_checkpoint: bool,
+    when: datetime | None = None,
+) -> ExportedFile:
+    """Write a checkpoint (numbered + latest) or the final results file, atomically, and record it."""
+    when = when or datetime.now()
+    doc = build_document(store, run_id, method, is_checkpoint=is_checkpoint, when=when)
+    data = dumps(doc)
+    folder = method_dir(output_dir, run_id, method)
+    count = doc.checkpoint_info.processed_count
+    if is_checkpoint:
+        path = folder / checkpoint_name(method, count, when)
+        write_atomic(path, data)
+        write_atomic(folder / latest_name(method), data)
+    else:
+        path = folder / final_name(method)
+        write_atomic(path, data)
+    digest = hashlib.sha256(data).hexdigest()
+    store.record_checkpoint(
+        run_id,
+        method,
+        count=count,
+        path=str(path),
+        size=len(data),
+        sha256=digest,
+        is_final=not is_checkpoint,
+    )
+    return ExportedFile(path=path, count=count, size=len(data), sha256=digest)
+
+
+def check_file_config(
+    doc: CheckpointFile, current: dict[str, Any], source: str, method: str | None = None
+) -> None:
+    """Refuse a file made by another method or another semantic config."""
+    if method is not None and doc.meta.method != method:
+        raise ConfigMismatchError(
+            f"{source}",
+            [("method", doc.meta.method, method)],
+            hint=f"it holds results of method {doc.meta.method!r}; run with "
+            f"--method {doc.meta.method} to continue it",
+        )
+    differences = diff_configs(semantic(doc.meta.config), semantic(current))
+    if differences:
+        raise ConfigMismatchError(
+            source, differences, hint="Run with the same settings, or start over with --fresh."
+        )
+
+
+def import_document(
+    store: Store, doc: CheckpointFile, *, run_id: str | None = None, source: str = "file"
+) -> ImportSummary:
+    """Import a validated file into a run, all or nothing.
+
+    The run is run_id, else the file's meta.run_id, else a new one. An existing
+    run or method must have the file's configuration. Results already stored
+    successfully are kept (the database is the truth); failed ones are replaced.
+    """
+    config = semantic(doc.meta.config)
+    run_cfg, method_cfg = run_part(config), method_part(config)
+    method = doc.meta.method
+    target = run_id or doc.meta.run_id
+    worker = worker_identity()
+    imported = skipped = 0
+    fresh_id = None if target else _fresh_id(store)
+    with store.engine.begin() as conn:
+        run = conn.execute(select(RUN).where(RUN.c.id == target)).mappings().first() if target else None
+        created = run is None
+        if run is None:
+            target = target or fresh_id
+            conn.execute(
+                insert(RUN).values(
+                    id=target,
+                    created_at=utcnow(),
+                    created_by=user_at_host(),
+                    tool_version=__version__,
+                    config=run_cfg,
+                    fingerprint=fingerprint(run_cfg),
+                    status="interrupted",
+                )
+            )
+        elif run["fingerprint"] != fingerprint(run_cfg):
+            raise ConfigMismatchError(
+                f"{source} (run {target})",
+                diff_configs(run["config"], run_cfg),
+                hint="Import it into another run with --run_id NEW_ID.",
+            )
+        existing = conn.execute(
+            select(RUN_METHOD).where(RUN_METHOD.c.run_id == target, RUN_METHOD.c.method == method)
+        ).mappings().first()
+        if existing is None:
+            now = utcnow()
+            conn.execute(
+                insert(RUN_METHOD).values(
+                    run_id=target,
+                    method=method,
+                    config=method_cfg,
+                    fingerprint=fingerprint(method_cfg),
+                    settings=doc.meta.config.get(SETTINGS_KEY) or {},
+                    total_planned=doc.meta.total_samples,
+                    status="interrupted",
+                    started_at=now,
+                    updated_at=now,
+                )
+            )
+        elif existing["fingerprint"] != fingerprint(method_cfg):
+            raise ConfigMismatchError(
+                f"{source} (run {target}, method {method})",
+                diff_configs({"method": existing["config"]}, {"method": method_cfg}),
+            )
+        assert target is not None
+        store.append_to_plan(conn, target, (r.image_id for r in doc.results))
+        for result in doc.results:
+            if write_result(conn, target, method, result, worker=worker, latency_s=None):
+                imported += 1
+            else:
+                skipped += 1
+    return ImportSummary(target, method, imported, skipped, created)
+
+
+def _fresh_id(store: Store) -> str:
+    return store.unused_run_id("run_" + datetime.now().strftime("%Y%m%d_%H%M%S"))

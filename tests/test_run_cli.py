@@ -1,0 +1,228 @@
+"""Running, resuming and extending evaluations from the command line, as a user does."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sqlite3
+
+import pytest
+
+from tests.conftest import World, load_json, run_cli_process
+
+LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] Processed (\d+)/(\d+) samples\.\.\.$", re.M)
+
+
+def processed_numbers(output: str) -> list[int]:
+    return [int(m.group(1)) for m in LINE.finditer(output)]
+
+
+def captions(world: World, method: str = "baseline") -> dict[int, str]:
+    return dict(
+        world.rows(
+            "SELECT image_id, generated_caption FROM sample_result WHERE method = ?", method
+        )
+    )
+
+
+def test_a_run_commits_every_sample_and_prints_the_guides_lines(world: World, cli) -> None:
+    result = cli(*world.run_args("--num_samples", "25", "--checkpoint_interval", "10"))
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^Starting generation at \d\d:\d\d:\d\d\.\.\.$", result.output, re.M)
+    assert processed_numbers(result.output) == list(range(1, 26))
+    saved = re.findall(r"^  → Checkpoint saved: (checkpoint_baseline_(\d+)_\d{8}_\d{6}\.json) "
+                       r"\((\d+)/25 samples\)$", result.output, re.M)
+    assert [(count, shown) for _, count, shown in saved] == [("10", "10"), ("20", "20")]
+    run_id = world.only_run_id()
+    assert re.fullmatch(r"run_\d{8}_\d{6}", run_id)
+    assert world.rows("SELECT COUNT(*), COUNT(DISTINCT image_id) FROM sample_result") == [(25, 25)]
+    assert world.rows("SELECT status FROM run_method") == [("finished",)]
+    folder = world.method_dir(run_id, "baseline")
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted([saved[0][0], saved[1][0], "checkpoint_baseline_latest.json",
+                            "results_baseline.json"])
+    final = load_json(folder / "results_baseline.json")
+    assert final["meta"]["is_checkpoint"] is False
+    assert final["checkpoint_info"] == {"processed_count": 25, "remaining_count": 0}
+    assert f"Run {run_id} in sqlite:///" in result.output
+
+
+def test_every_sample_row_has_its_passes_and_provenance(world: World, cli) -> None:
+    cli(*world.run_args("--num_samples", "4", "--method", "scratchpad"))
+    rows = world.rows(
+        "SELECT r.worker, p.name, p.raw_output, p.caption, r.generated_caption, r.reasoning_trace "
+        "FROM sample_result r JOIN sample_pass p ON p.result_id = r.id"
+    )
+    assert len(rows) == 4
+    for worker, name, raw, pass_caption, caption, reasoning in rows:
+        assert re.fullmatch(r".+@.+:\d+", worker)
+        assert name == "scratchpad"
+        assert raw.endswith("Caption: " + caption)
+        assert pass_caption == caption and caption
+        assert reasoning.startswith("Objects:")
+    assert world.rows("SELECT created_by, tool_version FROM run")[0][1] == "0.1.0"
+
+
+def test_resume_skips_finished_samples_using_the_database_alone(world: World, cli) -> None:
+    args = world.run_args("--num_samples", "30", "--checkpoint_interval", "10")
+    first = cli(*world.run_args("--num_samples", "12", "--checkpoint_interval", "10"))
+    assert first.exit_code == 0
+    run_id = world.only_run_id()
+    for path in world.out.rglob("*.json"):
+        path.unlink()
+    result = cli(*args, "--resume_from_checkpoint")
+    assert result.exit_code == 0, result.output
+    assert f"Found checkpoint: run {run_id} in sqlite:///" in result.output
+    assert "Loaded checkpoint: 12 samples processed, 18 remaining" in result.output
+    assert processed_numbers(result.output) == list(range(13, 31))
+    assert world.only_run_id() == run_id
+    assert world.rows("SELECT COUNT(*), COUNT(DISTINCT image_id) FROM sample_result") == [(30, 30)]
+    # the checkpoints continue the count: 20 and 30 (10 was written before and deleted)
+    counts = sorted(int(p.name.split("_")[2]) for p in world.checkpoints() if "latest" not in p.name)
+    assert counts == [20, 30]
+
+
+def test_resume_rebuilds_a_lost_database_from_the_newest_checkpoint(world: World, cli) -> None:
+    cli(*world.run_args("--num_samples", "25", "--checkpoint_interval", "10"))
+    run_id = world.only_run_id()
+    reference = captions(world)
+    world.db.unlink()
+    for side in world.out.glob("cobra_eval.db-*"):
+        side.unlink()
+    (world.method_dir(run_id, "baseline") / "results_baseline.json").unlink()
+    (world.method_dir(run_id, "baseline") / "checkpoint_baseline_latest.json").unlink()
+    result = cli(*world.run_args("--num_samples", "25", "--resume_from_checkpoint"))
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^Found checkpoint: checkpoint_baseline_20_\d{8}_\d{6}\.json$", result.output,
+                     re.M)
+    assert "Loaded checkpoint: 20 samples processed, 5 remaining" in result.output
+    assert processed_numbers(result.output) == [21, 22, 23, 24, 25]
+    assert world.only_run_id() == run_id
+    assert captions(world) == reference
+
+
+def test_resume_with_nothing_to_resume_starts_a_new_run(world: World, cli) -> None:
+    result = cli(*world.run_args("--num_samples", "3", "--resume_from_checkpoint"))
+    assert result.exit_code == 0, result.output
+    assert "No checkpoint found in" in result.output
+    assert world.rows("SELECT COUNT(*) FROM sample_result") == [(3,)]
+
+
+def test_resume_refuses_a_run_of_this_folder_with_another_config(world: World, cli) -> None:
+    cli(*world.run_args("--num_samples", "5", "--max_new_tokens", "32"))
+    before = world.rows("SELECT COUNT(*) FROM sample_result")
+    result = cli(*world.run_args("--num_samples", "5", "--max_new_tokens", "64", "--seed", "3",
+                                 "--resume_from_checkpoint"))
+    assert result.exit_code == 1
+    assert "was made with a different configuration:" in result.output
+    assert "generation.max_new_tokens: 32 (stored) != 64 (now)" in result.output
+    assert "generation.seed: 0 (stored) != 3 (now)" in result.output
+    assert "--fresh" in result.output
+    assert world.rows("SELECT COUNT(*) FROM sample_result") == before
+    assert world.rows("SELECT COUNT(*) FROM run") == [(1,)]
+
+
+def test_fresh_starts_a_new_run_despite_a_matching_one(world: World, cli) -> None:
+    cli(*world.run_args("--num_samples", "3"))
+    result = cli(*world.run_args("--num_samples", "3", "--fresh"))
+    assert result.exit_code == 0
+    assert world.rows("SELECT COUNT(*) FROM run") == [(2,)]
+    assert world.rows("SELECT COUNT(*) FROM sample_result") == [(6,)]
+
+
+def test_run_id_names_a_run_and_extending_it_adds_samples(world: World, cli) -> None:
+    assert cli(*world.run_args("--num_samples", "10", "--run_id", "nightly")).exit_code == 0
+    first = captions(world)
+    result = cli(*world.run_args("--num-samples", "15", "--run-id", "nightly"))
+    assert result.exit_code == 0, result.output
+    assert "Loaded checkpoint: 10 samples processed, 5 remaining" in result.output
+    assert processed_numbers(result.output) == [11, 12, 13, 14, 15]
+    after = captions(world)
+    assert {k: after[k] for k in first} == first and len(after) == 15
+    final = load_json(world.method_dir("nightly", "baseline") / "results_baseline.json")
+    assert final["checkpoint_info"] == {"processed_count": 15, "remaining_count": 0}
+    assert [r["image_id"] for r in final["results"]] == [1000 + 7 * k for k in range(15)]
+
+
+def test_method_all_runs_each_method_with_its_own_checkpoints_and_resume(world: World, cli) -> None:
+    result = cli(*world.run_args("--num_samples", "10", "--method", "all",
+                                 "--checkpoint_interval", "5"))
+    assert result.exit_code == 0, result.output
+    run_id = world.only_run_id()
+    assert world.rows("SELECT method, COUNT(*) FROM sample_result GROUP BY method ORDER BY method") \
+        == [("baseline", 10), ("scratchpad", 10)]
+    for method in ("baseline", "scratchpad"):
+        folder = world.method_dir(run_id, method)
+        assert len(list(folder.glob(f"checkpoint_{method}_*.json"))) == 3  # 5, 10, latest
+    # a later baseline-only resume continues the same run
+    again = cli(*world.run_args("--num_samples", "12", "--resume_from_checkpoint"))
+    assert again.exit_code == 0, again.output
+    assert world.only_run_id() == run_id
+    assert world.rows("SELECT method, COUNT(*) FROM sample_result GROUP BY method ORDER BY method") \
+        == [("baseline", 12), ("scratchpad", 10)]
+
+
+def test_missing_images_are_failed_samples_retried_on_resume(world: World, cli) -> None:
+    hidden = world.root / "hidden"
+    hidden.mkdir()
+    victim = world.dataset.parent / "img_001007.png"
+    shutil.move(victim, hidden / victim.name)
+    result = cli(*world.run_args("--num_samples", "4"))
+    assert result.exit_code == 0, result.output
+    assert "Done: baseline 4/4 samples, 1 failed (retried on resume)" in result.output
+    (status, error), = world.rows("SELECT status, error FROM sample_result WHERE image_id = 1007")
+    assert status == "failed" and "img_001007.png" in error
+    shutil.move(hidden / victim.name, victim)
+    result = cli(*world.run_args("--num_samples", "4", "--resume_from_checkpoint"))
+    assert result.exit_code == 0, result.output
+    assert world.rows("SELECT status, COUNT(*) FROM sample_result GROUP BY status") == [("ok", 4)]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--num_samples", "0"], "Invalid value for '--num_samples'"),
+        (["--num_samples", "-3"], "Invalid value for '--num_samples'"),
+        (["--num_samples", "ten"], "'ten' is not a valid integer"),
+        (["--checkpoint_interval", "-1"], "Invalid value for '--checkpoint_interval'"),
+        (["--method", "nonsense"], "'nonsense' is not one of 'baseline', 'scratchpad', 'all'"),
+        (["--num_samples", "41"], "--num_samples 41 is larger than the dataset"),
+        (["--run_id", "../escape"], "Invalid value for '--run_id'"),
+        (["--backend", "nowhere:Thing"], "cannot import backend module 'nowhere'"),
+        (["--fresh", "--resume_from_checkpoint"], "--fresh starts a new run"),
+    ],
+)
+def test_bad_flags_give_one_clear_error_and_change_nothing(
+    world: World, cli, args: list[str], message: str
+) -> None:
+    result = cli(*world.run_args(*args))
+    assert result.exit_code in (1, 2)
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not world.db.exists() or world.rows("SELECT COUNT(*) FROM sample_result") == [(0,)]
+
+
+def test_help_teaches_with_a_worked_example(cli) -> None:
+    result = cli("--help")
+    assert result.exit_code == 0
+    assert "Worked example" in result.output
+    assert "--num_samples, --num-samples" in result.output
+    for command in ("runs", "export", "import", "db"):
+        assert f"\n    {command} " in result.output
+
+
+def test_real_process_run_and_no_heavy_imports_for_help(world: World) -> None:
+    done = run_cli_process(*world.run_args("--num_samples", "5"))
+    assert done.returncode == 0, done.stderr
+    assert processed_numbers(done.stdout) == [1, 2, 3, 4, 5]
+    con = sqlite3.connect(world.db)
+    assert con.execute("SELECT COUNT(*) FROM sample_result").fetchone() == (5,)
+    con.close()
+    probe = run_cli_process("--version")
+    assert probe.returncode == 0 and "cobra_eval, version" in probe.stdout
+    import subprocess
+    import sys
+
+    code = "import sys, cobra_eval.cli; print(sorted(m for m in ('torch','transformers','sqlalchemy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,122 @@
+"""The database: migrations create the schema, newer schemas are refused, SQLite settings."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlmodel import SQLModel
+
+from cobra_eval.errors import StoreError
+from cobra_eval.store import Store
+from cobra_eval.store.engine import head_revision, open_engine, resolve_url
+
+TABLES = {
+    "run",
+    "run_method",
+    "planned_sample",
+    "sample_result",
+    "sample_pass",
+    "metric_value",
+    "corpus_metric",
+    "checkpoint",
+    "alembic_version",
+}
+
+
+def test_opening_an_empty_file_creates_every_table_at_head(tmp_path: Path) -> None:
+    db = tmp_path / "new" / "cobra_eval.db"
+    Store.open(resolve_url(str(db))).close()
+    con = sqlite3.connect(db)
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == TABLES
+    assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == head_revision()
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_models_and_migrations_agree(tmp_path: Path) -> None:
+    engine = open_engine(resolve_url(str(tmp_path / "x.db")))
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
+                                SQLModel.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_connections_have_busy_timeout_and_foreign_keys(tmp_path: Path) -> None:
+    engine = open_engine(resolve_url(str(tmp_path / "x.db")))
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    engine.dispose()
+
+
+def test_a_database_from_a_newer_schema_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    db = tmp_path / "future.db"
+    Store.open(resolve_url(str(db))).close()
+    con = sqlite3.connect(db)
+    con.execute("UPDATE alembic_version SET version_num = 'ffff_from_the_future'")
+    con.commit()
+    con.execute("PRAGMA journal_mode=DELETE")  # no WAL side files, so the file is the whole DB
+    con.close()
+    before = db.read_bytes()
+    with pytest.raises(StoreError, match="ffff_from_the_future, which is newer than this cobra_eval"):
+        Store.open(resolve_url(str(db)))
+    assert db.read_bytes() == before
+    assert not Path(str(db) + "-wal").exists()
+
+
+def test_a_file_that_is_not_a_database_is_refused_unchanged(tmp_path: Path) -> None:
+    db = tmp_path / "notes.db"
+    db.write_text("these are my notes, not a database\n" * 20)
+    before = db.read_bytes()
+    with pytest.raises(StoreError, match="is not a SQLite database"):
+        Store.open(resolve_url(str(db)))
+    assert db.read_bytes() == before
+
+
+def test_a_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "other.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE customers (id INTEGER)")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="not a cobra_eval results database"):
+        Store.open(resolve_url(str(db)))
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (None, "sqlite:///{out}/cobra_eval.db"),
+        ("{tmp}/team.db", "sqlite:///{tmp}/team.db"),
+        ("postgresql+psycopg://alice:secret@db.example/cobra", "postgresql+psycopg://alice:secret@db.example/cobra"),
+    ],
+)
+def test_db_flag_takes_a_path_or_a_url(tmp_path: Path, given: str | None, expected: str) -> None:
+    out = tmp_path / "results"
+    arg = given.format(tmp=tmp_path) if given else None
+    assert resolve_url(arg, out) == expected.format(out=out.resolve(), tmp=tmp_path.resolve())
+
+
+def test_db_commands_report_and_upgrade(tmp_path: Path, cli) -> None:
+    db = tmp_path / "x.db"
+    result = cli("db", "current", "--db", str(db))
+    assert result.exit_code == 0
+    assert f"schema empty (head {head_revision()}, needs `db upgrade`)" in result.output
+    assert not db.exists()
+    result = cli("db", "upgrade", "--db", str(db))
+    assert result.exit_code == 0, result.output
+    assert f"schema empty -> {head_revision()} (head)" in result.output
+    result = cli("db", "current", "--db", str(db))
+    assert f"schema {head_revision()} (head {head_revision()}, up to date)" in result.output
+
+
+def test_passwords_in_urls_are_masked_in_errors(cli) -> None:
+    result = cli("runs", "--db", "postgresql+psycopg://alice:hunter2@127.0.0.1:1/nodb")
+    assert result.exit_code == 1
+    assert "hunter2" not in result.output
+    assert "alice:***@127.0.0.1" in result.output
