@@ -55,9 +55,8 @@ class _DefaultToRun(click.Group):
     """A group whose bare invocation (and --help) is the `run` command."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or args[0] not in self.commands:
-            if args[:1] != ["--version"]:
-                args = ["run", *args]
+        if (not args or args[0] not in self.commands) and args[:1] != ["--version"]:
+            args = ["run", *args]
         return super().parse_args(ctx, args)
 
 
@@ -86,38 +85,91 @@ def _method_choices() -> list[str]:
     epilog=SUBCOMMANDS_EPILOG,
     context_settings={"max_content_width": 100},
 )
-@flag("method", type=click.Choice(_method_choices()), default="baseline", show_default=True,
-      help="Prompting method, or 'all' to run every method in turn (each resumes on its own).")
-@flag("num_samples", type=click.IntRange(min=1), default=None,
-      help="Samples to evaluate, in the dataset's order [default: all]. Raising it on a "
-      "finished run extends that run.")
-@flag("checkpoint_interval", type=click.IntRange(min=0), default=10, show_default=True,
-      help="Export a checkpoint JSON every N samples; 0 disables the JSON files (every sample "
-      "is still committed to the database).")
-@flag("resume_from_checkpoint", is_flag=True,
-      help="Continue the newest run with this configuration (from the database; if it has "
-      "none, from the newest checkpoint JSON under --output_dir).")
-@flag("load_results", type=click.Path(path_type=Path), metavar="FILE",
-      help="Import a checkpoint or final results JSON first, then continue up to --num_samples.")
+@flag(
+    "method",
+    type=click.Choice(_method_choices()),
+    default="baseline",
+    show_default=True,
+    help="Prompting method, or 'all' to run every method in turn (each resumes on its own).",
+)
+@flag(
+    "num_samples",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Samples to evaluate, in the dataset's order [default: all]. Raising it on a "
+    "finished run extends that run.",
+)
+@flag(
+    "checkpoint_interval",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Export a checkpoint JSON every N samples; 0 disables the JSON files (every sample "
+    "is still committed to the database).",
+)
+@flag(
+    "resume_from_checkpoint",
+    is_flag=True,
+    help="Continue the newest run with this configuration (from the database; if it has "
+    "none, from the newest checkpoint JSON under --output_dir).",
+)
+@flag(
+    "load_results",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Import a checkpoint or final results JSON first, then continue up to --num_samples.",
+)
 @db_options
-@flag("run_id", callback=_run_id, metavar="ID",
-      help="Name of the run to create, resume or extend [default: run_YYYYmmdd_HHMMSS].")
+@flag(
+    "run_id",
+    callback=_run_id,
+    metavar="ID",
+    help="Name of the run to create, resume or extend [default: run_YYYYmmdd_HHMMSS].",
+)
 @flag("fresh", is_flag=True, help="Always start a new run, even if a matching one exists.")
-@flag("batch_size", type=click.IntRange(min=1), default=8, show_default=True,
-      help="Samples per generation call.")
-@flag("backend", default="hf", show_default=True,
-      help="Model backend: a registered name or a plugin as module:attribute.")
+@flag(
+    "batch_size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Samples per generation call.",
+)
+@flag(
+    "backend",
+    default="hf",
+    show_default=True,
+    help="Model backend: a registered name or a plugin as module:attribute.",
+)
 @flag("model", metavar="ID|PATH", help="Model to evaluate (hub id or local folder).")
 @flag("dataset", metavar="PATH", help="Dataset: a COCO captions annotation JSON file.")
-@flag("images", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-      help="Folder of the dataset's images [default: the annotation file's folder].")
+@flag(
+    "images",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Folder of the dataset's images [default: the annotation file's folder].",
+)
 @flag("split", help="Dataset split, for formats that have splits.")
-@flag("max_new_tokens", type=click.IntRange(min=1), default=128, show_default=True,
-      help="Generation length limit.")
-@flag("temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
-      help="Sampling temperature; 0 = greedy decoding.")
-@flag("top_p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=1.0,
-      show_default=True, help="Nucleus sampling mass (with temperature > 0).")
+@flag(
+    "max_new_tokens",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Generation length limit.",
+)
+@flag(
+    "temperature",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="Sampling temperature; 0 = greedy decoding.",
+)
+@flag(
+    "top_p",
+    type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Nucleus sampling mass (with temperature > 0).",
+)
 @flag("seed", type=int, default=0, show_default=True, help="Random seed for generation.")
 def run_command(**opts: Any) -> None:
     """Evaluate a captioning method; every sample is committed to the database at once.
@@ -160,14 +212,20 @@ def run_command(**opts: Any) -> None:
 
 @main.command("runs")
 @db_options
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="Output format.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
 def runs_command(db: str | None, output_dir: Path, fmt: str) -> None:
     """List runs, newest first, with each method's progress and who ran it."""
     from cobra_eval.store import Store, resolve_url
 
     with _errors(), Store.open(resolve_url(db, output_dir)) as store:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for run in store.runs():
             rows.append(
                 {
@@ -195,7 +253,7 @@ def runs_command(db: str | None, output_dir: Path, fmt: str) -> None:
         click.echo("No runs yet.")
         return
     header = ("RUN", "CREATED", "BY", "STATUS", "METHODS")
-    table = [
+    table: list[tuple[str, ...]] = [
         (
             r["run_id"],
             r["created_at"][:19].replace("T", " "),
@@ -213,8 +271,13 @@ def runs_command(db: str | None, output_dir: Path, fmt: str) -> None:
 @main.command("export")
 @click.argument("run_id")
 @flag("method", help="Method to export (needed when the run has several).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write to this file (atomically) instead of standard output.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to this file (atomically) instead of standard output.",
+)
 @db_options
 def export_command(
     run_id: str, method: str | None, output: Path | None, db: str | None, output_dir: Path
@@ -237,7 +300,9 @@ def export_command(
                 )
             method = methods[0]
         if method not in methods:
-            raise CobraEvalError(f"run {run_id} has no method {method!r} (it has {', '.join(methods)})")
+            raise CobraEvalError(
+                f"run {run_id} has no method {method!r} (it has {', '.join(methods)})"
+            )
         doc = build_document(store, run_id, method, is_checkpoint=False, when=datetime.now())
     data = dumps(doc)
     if output is None:
@@ -250,8 +315,12 @@ def export_command(
 
 @main.command("import")
 @click.argument("file", type=click.Path(path_type=Path))
-@flag("run_id", callback=_run_id, metavar="ID",
-      help="Import into this run (created if new) instead of the file's own run id.")
+@flag(
+    "run_id",
+    callback=_run_id,
+    metavar="ID",
+    help="Import into this run (created if new) instead of the file's own run id.",
+)
 @db_options
 def import_command(file: Path, run_id: str | None, db: str | None, output_dir: Path) -> None:
     """Load a checkpoint or results JSON into the database without running anything.
@@ -314,9 +383,8 @@ class _errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> None:
         if isinstance(exc, CobraEvalError):
             raise click.ClickException(str(exc)) from None
         if isinstance(exc, OSError) and exc.filename is not None:
             raise click.ClickException(f"{exc.filename}: {exc.strerror}") from None
-        return False

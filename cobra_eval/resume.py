@@ -35,7 +35,9 @@ def resolve_run(
     Nothing is written until every configuration check has passed.
     """
     if settings.fresh and (settings.resume_from_checkpoint or settings.load_results):
-        raise ConfigError("--fresh starts a new run; it cannot be combined with resuming or loading")
+        raise ConfigError(
+            "--fresh starts a new run; it cannot be combined with resuming or loading"
+        )
     run_fp = fingerprint(run_cfg)
     if settings.load_results is not None:
         return _load_file(store, settings, run_cfg, method_cfgs, reporter), True
@@ -85,7 +87,9 @@ def _new_id(store: Store) -> str:
 def _check_run(
     store: Store, run: RunInfo, run_cfg: dict[str, Any], method_cfgs: dict[str, dict[str, Any]]
 ) -> None:
-    differences = diff_configs(run.config, run_cfg) if run.fingerprint != fingerprint(run_cfg) else []
+    differences = (
+        diff_configs(run.config, run_cfg) if run.fingerprint != fingerprint(run_cfg) else []
+    )
     for progress in store.method_progress(run.id):
         cfg = method_cfgs.get(progress.method)
         if cfg is not None and progress.fingerprint != fingerprint(cfg):

@@ -128,8 +128,9 @@ class _MethodLoop:
         if self.settings.method == "all":
             self.reporter.message(f"== {name} (run {self.run_id}) ==")
         if resumed and processed:
+            remaining = self.total - processed
             self.reporter.message(
-                f"Loaded checkpoint: {processed} samples processed, {self.total - processed} remaining"
+                f"Loaded checkpoint: {processed} samples processed, {remaining} remaining"
             )
         self.reporter.start_method(name, self.total, processed)
         interval = self.settings.checkpoint_interval
@@ -150,7 +151,11 @@ class _MethodLoop:
                     self.reporter.processed(processed, self.total)
                     if interval and new and processed % interval == 0:
                         exported = export_snapshot(
-                            self.store, self.settings.output_dir, self.run_id, name, is_checkpoint=True
+                            self.store,
+                            self.settings.output_dir,
+                            self.run_id,
+                            name,
+                            is_checkpoint=True,
                         )
                         summary.checkpoints.append(exported.path)
                         self.reporter.checkpoint(exported.path.name, processed, self.total)
@@ -166,14 +171,13 @@ class _MethodLoop:
             raise Interrupted(
                 self.run_id,
                 f"Interrupted: {processed}/{self.total} samples of {name} are saved in run "
-                f"{self.run_id}; continue with --resume_from_checkpoint (or --run_id {self.run_id})",
+                f"{self.run_id}; continue with --resume_from_checkpoint "
+                f"(or --run_id {self.run_id})",
             ) from None
         finally:
             self.reporter.end_method()
         summary.processed = processed
-        summary.failed = next(
-            (p.failed for p in self.store.method_progress(self.run_id, name)), 0
-        )
+        summary.failed = next((p.failed for p in self.store.method_progress(self.run_id, name)), 0)
         final = export_snapshot(
             self.store, self.settings.output_dir, self.run_id, name, is_checkpoint=False
         )

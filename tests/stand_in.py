@@ -35,7 +35,9 @@ class EchoBackend:
     def identity(self) -> dict[str, Any]:
         return {"name": self.model, "revision": "1"}
 
-    def generate(self, requests: Sequence[GenerationRequest], params: GenerationParams) -> list[str]:
+    def generate(
+        self, requests: Sequence[GenerationRequest], params: GenerationParams
+    ) -> list[str]:
         delay = float(os.environ.get(DELAY_ENV, "0") or 0)
         if delay:
             time.sleep(delay)

@@ -29,7 +29,9 @@ def db_dump(db: Path) -> list[str]:
         con.close()
 
 
-def hand_written(path: Path, ids: list[int], method: str = "baseline", config: dict | None = None) -> Path:
+def hand_written(
+    path: Path, ids: list[int], method: str = "baseline", config: dict | None = None
+) -> Path:
     """A file in the guide's shape, as a person would write it."""
     doc = {
         "meta": {
@@ -58,14 +60,25 @@ def hand_written(path: Path, ids: list[int], method: str = "baseline", config: d
 
 
 def test_checkpoint_has_exactly_the_guides_shape(world: World, cli) -> None:
-    cli(*world.run_args("--num_samples", "15", "--checkpoint_interval", "5", "--method", "scratchpad"))
+    cli(
+        *world.run_args(
+            "--num_samples", "15", "--checkpoint_interval", "5", "--method", "scratchpad"
+        )
+    )
     latest = world.checkpoints("scratchpad")[-1]
     assert latest.name == "checkpoint_scratchpad_latest.json"
     assert not latest.is_symlink()
     doc = load_json(latest)
     assert list(doc) == ["meta", "checkpoint_info", "results"]
     meta = doc["meta"]
-    for key in ("timestamp", "config", "method", "samples_processed", "total_samples", "is_checkpoint"):
+    for key in (
+        "timestamp",
+        "config",
+        "method",
+        "samples_processed",
+        "total_samples",
+        "is_checkpoint",
+    ):
         assert key in meta
     assert meta["method"] == "scratchpad" and meta["is_checkpoint"] is True
     assert (meta["samples_processed"], meta["total_samples"]) == (15, 15)
@@ -81,8 +94,9 @@ def test_checkpoint_has_exactly_the_guides_shape(world: World, cli) -> None:
 def test_jq_reads_checkpoint_info_of_the_latest_checkpoint(world: World, cli) -> None:
     cli(*world.run_args("--num_samples", "12", "--checkpoint_interval", "5"))
     latest = next(world.out.glob("run_*/baseline/checkpoint_*_latest.json"))
-    out = subprocess.run(["jq", ".checkpoint_info", str(latest)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        ["jq", ".checkpoint_info", str(latest)], capture_output=True, text=True, check=True
+    )
     assert json.loads(out.stdout) == {"processed_count": 10, "remaining_count": 2}
 
 
@@ -147,7 +161,8 @@ def test_export_import_export_is_byte_identical(world: World, cli, tmp_path: Pat
     assert a == b
     assert len(first.read_bytes()) == len(second.read_bytes())
     assert db_dump(other_db) and sqlite3.connect(other_db).execute(
-        "SELECT COUNT(*) FROM sample_pass").fetchone() == (8,)
+        "SELECT COUNT(*) FROM sample_pass"
+    ).fetchone() == (8,)
 
 
 def test_import_of_a_hand_written_file_creates_a_run(tmp_path: Path, cli) -> None:
@@ -158,16 +173,18 @@ def test_import_of_a_hand_written_file_creates_a_run(tmp_path: Path, cli) -> Non
     run_id = result.stdout.strip().splitlines()[-1]
     assert "Imported 3 results of baseline (0 already stored); created run" in result.output
     con = sqlite3.connect(db)
-    assert con.execute("SELECT image_id, generated_caption FROM sample_result ORDER BY image_id"
-                       ).fetchall() == [(5, "caption 5"), (6, "caption 6"), (7, "caption 7")]
+    assert con.execute(
+        "SELECT image_id, generated_caption FROM sample_result ORDER BY image_id"
+    ).fetchall() == [(5, "caption 5"), (6, "caption 6"), (7, "caption 7")]
     assert con.execute("SELECT name, value FROM metric_value").fetchall() == [("CIDEr", 0.5)] * 3
     again = cli("import", str(path), "--db", str(db), "--run_id", run_id)
     assert "Imported 0 results of baseline (3 already stored); extended run" in again.output
     runs = cli("runs", "--db", str(db), "--format", "json")
     (run,) = json.loads(runs.stdout)
     assert run["run_id"] == run_id
-    assert run["methods"] == [{"method": "baseline", "done": 3, "failed": 0, "total": 10,
-                               "status": "interrupted"}]
+    assert run["methods"] == [
+        {"method": "baseline", "done": 3, "failed": 0, "total": 10, "status": "interrupted"}
+    ]
 
 
 def _truncated(path: Path) -> Path:
@@ -181,14 +198,38 @@ def _truncated(path: Path) -> Path:
     [
         (lambda p: _truncated(hand_written(p, [1, 2])), "not valid JSON at line"),
         (lambda p: (p.write_text("[1, 2, 3]"), p)[1], "expected a JSON object with 'meta'"),
-        (lambda p: (p.write_text('{"meta": {}, "results": []}'), p)[1], "missing 'checkpoint_info'"),
-        (lambda p: (p.write_text(hand_written(p, [1]).read_text().replace('"image_id": 1', '"image_id": "one"')), p)[1],
-         "results[0].image_id: Input should be a valid integer"),
-        (lambda p: (p.write_text(hand_written(p, [1, 2]).read_text().replace('"image_id": 2', '"image_id": 1')), p)[1],
-         "duplicate image_id in results: 1"),
+        (
+            lambda p: (p.write_text('{"meta": {}, "results": []}'), p)[1],
+            "missing 'checkpoint_info'",
+        ),
+        (
+            lambda p: (
+                p.write_text(
+                    hand_written(p, [1]).read_text().replace('"image_id": 1', '"image_id": "one"')
+                ),
+                p,
+            )[1],
+            "results[0].image_id: Input should be a valid integer",
+        ),
+        (
+            lambda p: (
+                p.write_text(
+                    hand_written(p, [1, 2]).read_text().replace('"image_id": 2', '"image_id": 1')
+                ),
+                p,
+            )[1],
+            "duplicate image_id in results: 1",
+        ),
         (lambda p: p.parent / "does_not_exist.json", "no such file"),
     ],
-    ids=["truncated", "not-an-object", "missing-key", "wrong-type", "duplicate-ids", "missing-file"],
+    ids=[
+        "truncated",
+        "not-an-object",
+        "missing-key",
+        "wrong-type",
+        "duplicate-ids",
+        "missing-file",
+    ],
 )
 def test_bad_files_are_refused_with_one_message_and_change_nothing(
     world: World, cli, tmp_path: Path, make, message: str
@@ -196,8 +237,10 @@ def test_bad_files_are_refused_with_one_message_and_change_nothing(
     cli(*world.run_args("--num_samples", "3"))
     before = db_dump(world.db)
     path = make(tmp_path / "bad.json")
-    for args in (["import", str(path), "--db", str(world.db)],
-                 world.run_args("--num_samples", "5", "--load_results", str(path))):
+    for args in (
+        ["import", str(path), "--db", str(world.db)],
+        world.run_args("--num_samples", "5", "--load_results", str(path)),
+    ):
         result = cli(*args)
         assert result.exit_code == 1, result.output
         assert message in result.output
@@ -224,8 +267,18 @@ def test_load_results_refuses_another_config_naming_every_difference(
     cli(*world.run_args("--num_samples", "4", "--run_id", "a", "--max_new_tokens", "16"))
     final = world.out / "a" / "baseline" / "results_baseline.json"
     before = db_dump(world.db)
-    result = cli(*world.run_args("--num_samples", "6", "--load_results", str(final),
-                                 "--max_new_tokens", "17", "--temperature", "0.5"))
+    result = cli(
+        *world.run_args(
+            "--num_samples",
+            "6",
+            "--load_results",
+            str(final),
+            "--max_new_tokens",
+            "17",
+            "--temperature",
+            "0.5",
+        )
+    )
     assert result.exit_code == 1
     assert "was made with a different configuration:" in result.output
     assert "generation.max_new_tokens: 16 (stored) != 17 (now)" in result.output

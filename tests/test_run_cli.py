@@ -19,9 +19,7 @@ def processed_numbers(output: str) -> list[int]:
 
 def captions(world: World, method: str = "baseline") -> dict[int, str]:
     return dict(
-        world.rows(
-            "SELECT image_id, generated_caption FROM sample_result WHERE method = ?", method
-        )
+        world.rows("SELECT image_id, generated_caption FROM sample_result WHERE method = ?", method)
     )
 
 
@@ -30,8 +28,12 @@ def test_a_run_commits_every_sample_and_prints_the_guides_lines(world: World, cl
     assert result.exit_code == 0, result.output
     assert re.search(r"^Starting generation at \d\d:\d\d:\d\d\.\.\.$", result.output, re.M)
     assert processed_numbers(result.output) == list(range(1, 26))
-    saved = re.findall(r"^  → Checkpoint saved: (checkpoint_baseline_(\d+)_\d{8}_\d{6}\.json) "
-                       r"\((\d+)/25 samples\)$", result.output, re.M)
+    saved = re.findall(
+        r"^  → Checkpoint saved: (checkpoint_baseline_(\d+)_\d{8}_\d{6}\.json) "
+        r"\((\d+)/25 samples\)$",
+        result.output,
+        re.M,
+    )
     assert [(count, shown) for _, count, shown in saved] == [("10", "10"), ("20", "20")]
     run_id = world.only_run_id()
     assert re.fullmatch(r"run_\d{8}_\d{6}", run_id)
@@ -39,8 +41,9 @@ def test_a_run_commits_every_sample_and_prints_the_guides_lines(world: World, cl
     assert world.rows("SELECT status FROM run_method") == [("finished",)]
     folder = world.method_dir(run_id, "baseline")
     names = sorted(p.name for p in folder.iterdir())
-    assert names == sorted([saved[0][0], saved[1][0], "checkpoint_baseline_latest.json",
-                            "results_baseline.json"])
+    assert names == sorted(
+        [saved[0][0], saved[1][0], "checkpoint_baseline_latest.json", "results_baseline.json"]
+    )
     final = load_json(folder / "results_baseline.json")
     assert final["meta"]["is_checkpoint"] is False
     assert final["checkpoint_info"] == {"processed_count": 25, "remaining_count": 0}
@@ -78,7 +81,9 @@ def test_resume_skips_finished_samples_using_the_database_alone(world: World, cl
     assert world.only_run_id() == run_id
     assert world.rows("SELECT COUNT(*), COUNT(DISTINCT image_id) FROM sample_result") == [(30, 30)]
     # the checkpoints continue the count: 20 and 30 (10 was written before and deleted)
-    counts = sorted(int(p.name.split("_")[2]) for p in world.checkpoints() if "latest" not in p.name)
+    counts = sorted(
+        int(p.name.split("_")[2]) for p in world.checkpoints() if "latest" not in p.name
+    )
     assert counts == [20, 30]
 
 
@@ -93,8 +98,9 @@ def test_resume_rebuilds_a_lost_database_from_the_newest_checkpoint(world: World
     (world.method_dir(run_id, "baseline") / "checkpoint_baseline_latest.json").unlink()
     result = cli(*world.run_args("--num_samples", "25", "--resume_from_checkpoint"))
     assert result.exit_code == 0, result.output
-    assert re.search(r"^Found checkpoint: checkpoint_baseline_20_\d{8}_\d{6}\.json$", result.output,
-                     re.M)
+    assert re.search(
+        r"^Found checkpoint: checkpoint_baseline_20_\d{8}_\d{6}\.json$", result.output, re.M
+    )
     assert "Loaded checkpoint: 20 samples processed, 5 remaining" in result.output
     assert processed_numbers(result.output) == [21, 22, 23, 24, 25]
     assert world.only_run_id() == run_id
@@ -111,8 +117,17 @@ def test_resume_with_nothing_to_resume_starts_a_new_run(world: World, cli) -> No
 def test_resume_refuses_a_run_of_this_folder_with_another_config(world: World, cli) -> None:
     cli(*world.run_args("--num_samples", "5", "--max_new_tokens", "32"))
     before = world.rows("SELECT COUNT(*) FROM sample_result")
-    result = cli(*world.run_args("--num_samples", "5", "--max_new_tokens", "64", "--seed", "3",
-                                 "--resume_from_checkpoint"))
+    result = cli(
+        *world.run_args(
+            "--num_samples",
+            "5",
+            "--max_new_tokens",
+            "64",
+            "--seed",
+            "3",
+            "--resume_from_checkpoint",
+        )
+    )
     assert result.exit_code == 1
     assert "was made with a different configuration:" in result.output
     assert "generation.max_new_tokens: 32 (stored) != 64 (now)" in result.output
@@ -145,12 +160,14 @@ def test_run_id_names_a_run_and_extending_it_adds_samples(world: World, cli) -> 
 
 
 def test_method_all_runs_each_method_with_its_own_checkpoints_and_resume(world: World, cli) -> None:
-    result = cli(*world.run_args("--num_samples", "10", "--method", "all",
-                                 "--checkpoint_interval", "5"))
+    result = cli(
+        *world.run_args("--num_samples", "10", "--method", "all", "--checkpoint_interval", "5")
+    )
     assert result.exit_code == 0, result.output
     run_id = world.only_run_id()
-    assert world.rows("SELECT method, COUNT(*) FROM sample_result GROUP BY method ORDER BY method") \
-        == [("baseline", 10), ("scratchpad", 10)]
+    assert world.rows(
+        "SELECT method, COUNT(*) FROM sample_result GROUP BY method ORDER BY method"
+    ) == [("baseline", 10), ("scratchpad", 10)]
     for method in ("baseline", "scratchpad"):
         folder = world.method_dir(run_id, method)
         assert len(list(folder.glob(f"checkpoint_{method}_*.json"))) == 3  # 5, 10, latest
@@ -158,8 +175,9 @@ def test_method_all_runs_each_method_with_its_own_checkpoints_and_resume(world: 
     again = cli(*world.run_args("--num_samples", "12", "--resume_from_checkpoint"))
     assert again.exit_code == 0, again.output
     assert world.only_run_id() == run_id
-    assert world.rows("SELECT method, COUNT(*) FROM sample_result GROUP BY method ORDER BY method") \
-        == [("baseline", 12), ("scratchpad", 10)]
+    assert world.rows(
+        "SELECT method, COUNT(*) FROM sample_result GROUP BY method ORDER BY method"
+    ) == [("baseline", 12), ("scratchpad", 10)]
 
 
 def test_missing_images_are_failed_samples_retried_on_resume(world: World, cli) -> None:
@@ -170,7 +188,7 @@ def test_missing_images_are_failed_samples_retried_on_resume(world: World, cli) 
     result = cli(*world.run_args("--num_samples", "4"))
     assert result.exit_code == 0, result.output
     assert "Done: baseline 4/4 samples, 1 failed (retried on resume)" in result.output
-    (status, error), = world.rows("SELECT status, error FROM sample_result WHERE image_id = 1007")
+    ((status, error),) = world.rows("SELECT status, error FROM sample_result WHERE image_id = 1007")
     assert status == "failed" and "img_001007.png" in error
     shutil.move(hidden / victim.name, victim)
     result = cli(*world.run_args("--num_samples", "4", "--resume_from_checkpoint"))
@@ -223,6 +241,7 @@ def test_real_process_run_and_no_heavy_imports_for_help(world: World) -> None:
     import subprocess
     import sys
 
-    code = "import sys, cobra_eval.cli; print(sorted(m for m in ('torch','transformers','sqlalchemy') if m in sys.modules))"
+    heavy = "('torch', 'transformers', 'sqlalchemy')"
+    code = f"import sys, cobra_eval.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -40,8 +40,9 @@ def test_opening_an_empty_file_creates_every_table_at_head(tmp_path: Path) -> No
 def test_models_and_migrations_agree(tmp_path: Path) -> None:
     engine = open_engine(resolve_url(str(tmp_path / "x.db")))
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
-                                SQLModel.metadata)
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata
+        )
     engine.dispose()
     assert diff == []
 
@@ -63,7 +64,9 @@ def test_a_database_from_a_newer_schema_is_refused_and_left_untouched(tmp_path: 
     con.execute("PRAGMA journal_mode=DELETE")  # no WAL side files, so the file is the whole DB
     con.close()
     before = db.read_bytes()
-    with pytest.raises(StoreError, match="ffff_from_the_future, which is newer than this cobra_eval"):
+    with pytest.raises(
+        StoreError, match="ffff_from_the_future, which is newer than this cobra_eval"
+    ):
         Store.open(resolve_url(str(db)))
     assert db.read_bytes() == before
     assert not Path(str(db) + "-wal").exists()
@@ -93,7 +96,10 @@ def test_a_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
     [
         (None, "sqlite:///{out}/cobra_eval.db"),
         ("{tmp}/team.db", "sqlite:///{tmp}/team.db"),
-        ("postgresql+psycopg://alice:secret@db.example/cobra", "postgresql+psycopg://alice:secret@db.example/cobra"),
+        (
+            "postgresql+psycopg://alice:secret@db.example/cobra",
+            "postgresql+psycopg://alice:secret@db.example/cobra",
+        ),
     ],
 )
 def test_db_flag_takes_a_path_or_a_url(tmp_path: Path, given: str | None, expected: str) -> None:

@@ -11,9 +11,10 @@ from tests.conftest import REPO, World, subprocess_env
 
 
 def test_a_terminal_gets_a_progress_bar_with_rate(world: World) -> None:
+    args = world.run_args("--num_samples", "6", "--batch_size", "2")
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cobra_eval", *world.run_args("--num_samples", "6", "--batch_size", "2")],
+        [sys.executable, "-m", "cobra_eval", *args],
         stdin=slave, stdout=slave, stderr=slave, cwd=REPO,
         env=subprocess_env(COBRA_TEST_DELAY="0.4", COLUMNS="120", TERM="xterm"),
     )  # fmt: skip

@@ -37,6 +37,8 @@ class Backend(Protocol):
         """Model identity for the fingerprint (name, revision or weights hash); cheap."""
         ...
 
-    def generate(self, requests: Sequence[GenerationRequest], params: GenerationParams) -> list[str]:
+    def generate(
+        self, requests: Sequence[GenerationRequest], params: GenerationParams
+    ) -> list[str]:
         """One output text per request, in order. May raise; the runner isolates failures."""
         ...

@@ -28,10 +28,12 @@ def create_backend(spec: str, options: BackendOptions) -> Backend:
     """Instantiate the backend named by spec (a name or 'module:attribute')."""
     factory = _factory(spec)
     backend = factory(options)
-    missing = [name for name in ("identity", "generate") if not callable(getattr(backend, name, None))]
+    missing = [
+        name for name in ("identity", "generate") if not callable(getattr(backend, name, None))
+    ]
     if missing:
         raise BackendError(f"backend {spec!r} does not provide {', '.join(missing)}()")
-    return backend  # type: ignore[no-any-return]
+    return backend
 
 
 def _factory(spec: str) -> Callable[[BackendOptions], Any]:
@@ -39,7 +41,7 @@ def _factory(spec: str) -> Callable[[BackendOptions], Any]:
     if target is None:
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             if ep.name == spec:
-                return ep.load()  # type: ignore[no-any-return]
+                return ep.load()
     if target is None and ":" in spec:
         target = spec
     if target is None:
@@ -54,6 +56,6 @@ def _factory(spec: str) -> Callable[[BackendOptions], Any]:
     except ImportError as exc:
         raise BackendError(f"cannot import backend module {module_name!r}: {exc}") from None
     try:
-        return getattr(module, attr)  # type: ignore[no-any-return]
+        return getattr(module, attr)
     except AttributeError:
         raise BackendError(f"backend module {module_name!r} has no attribute {attr!r}") from None

@@ -55,7 +55,11 @@ def _check_shape(data: Any, path: Path) -> tuple[list[dict[str, Any]], list[dict
         problem = "'images' and 'annotations' must be lists"
     else:
         bad_img = next(
-            (i for i in data["images"] if not isinstance(i, dict) or not {"id", "file_name"} <= i.keys()),
+            (
+                i
+                for i in data["images"]
+                if not isinstance(i, dict) or not {"id", "file_name"} <= i.keys()
+            ),
             None,
         )
         bad_ann = next(

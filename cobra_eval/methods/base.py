@@ -11,7 +11,9 @@ from pydantic import BaseModel, Field
 class ParsedOutput(BaseModel):
     """What a method reads out of one raw generation."""
 
-    caption: str = Field(description="The caption this pass produced (a fallback if parsing failed).")
+    caption: str = Field(
+        description="The caption this pass produced (a fallback if parsing failed)."
+    )
     reasoning: str = Field("", description="Scratchpad or reasoning text, if any.")
     parse_status: str = Field("ok", description="ok, fallback:<reason>, or empty.")
     details: dict[str, Any] = Field(default_factory=dict, description="Method-specific parse data.")

@@ -16,8 +16,8 @@ PROMPT = "Describe this image in one sentence."
 class Baseline:
     """A single caption, no reasoning."""
 
-    name = "baseline"
-    pass_names = ("caption",)
+    name: str = "baseline"
+    pass_names: tuple[str, ...] = ("caption",)
 
     def config(self) -> dict[str, Any]:
         """The prompt is the whole configuration."""

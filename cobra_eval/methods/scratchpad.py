@@ -21,8 +21,8 @@ PROMPT = (
 class Scratchpad:
     """Scratchpad reasoning, then a caption after the last marker."""
 
-    name = "scratchpad"
-    pass_names = ("scratchpad",)
+    name: str = "scratchpad"
+    pass_names: tuple[str, ...] = ("scratchpad",)
 
     def config(self) -> dict[str, Any]:
         """Prompt and marker."""

@@ -160,7 +160,8 @@ def read_checkpoint(path: Path) -> CheckpointFile:
         raise CheckpointFileError(f"{path}: is a directory, not a JSON results file")
     if size > MAX_FILE_BYTES:
         raise CheckpointFileError(
-            f"{path}: {size} bytes is larger than the {MAX_FILE_BYTES} bytes a results file may have"
+            f"{path}: {size} bytes is larger than the {MAX_FILE_BYTES} bytes "
+            "a results file may have"
         )
     try:
         raw = path.read_bytes()
@@ -184,9 +185,8 @@ def parse_checkpoint(data: Any, source: str) -> CheckpointFile:
         )
     missing = [key for key in ("meta", "checkpoint_info", "results") if key not in data]
     if missing:
-        raise CheckpointFileError(
-            f"{source}: not a checkpoint or results file: missing {', '.join(repr(m) for m in missing)}"
-        )
+        shown = ", ".join(repr(m) for m in missing)
+        raise CheckpointFileError(f"{source}: not a checkpoint or results file: missing {shown}")
     try:
         return CheckpointFile.model_validate(data)
     except ValidationError as exc:

@@ -51,6 +51,10 @@ class RunInfo:
     status: str
 
 
+def _run_info(row: Any) -> RunInfo:
+    return RunInfo(**dict(row))
+
+
 @dataclass(frozen=True)
 class MethodProgress:
     """Progress of one method of a run."""
@@ -101,7 +105,7 @@ class Store:
         """The run with this id, if any."""
         with self.reader.connect() as conn:
             row = conn.execute(select(RUN).where(RUN.c.id == run_id)).mappings().first()
-        return RunInfo(**row) if row else None
+        return _run_info(row) if row else None
 
     def runs(self, fingerprint: str | None = None) -> list[RunInfo]:
         """Runs, newest first; only those with this run-level fingerprint if given."""
@@ -109,7 +113,7 @@ class Store:
         if fingerprint is not None:
             query = query.where(RUN.c.fingerprint == fingerprint)
         with self.reader.connect() as conn:
-            return [RunInfo(**row) for row in conn.execute(query).mappings()]
+            return [_run_info(row) for row in conn.execute(query).mappings()]
 
     def create_run(self, run_id: str, config: dict[str, Any], fingerprint: str) -> RunInfo:
         """Create a run; the id must be new."""
@@ -127,7 +131,7 @@ class Store:
                 conn.execute(insert(RUN).values(**row))
         except IntegrityError:
             raise StoreError(f"a run named {run_id!r} already exists") from None
-        return RunInfo(**row)
+        return _run_info(row)
 
     def unused_run_id(self, base: str) -> str:
         """base, or base_2, base_3, ... whichever is not taken yet."""
@@ -248,7 +252,7 @@ class Store:
     def ensure_plan(self, run_id: str, ordered_ids: Sequence[int]) -> None:
         """Make positions 0..n-1 of the plan hold these ids (earlier entries may move)."""
         with self.engine.begin() as conn:
-            existing = dict(
+            existing: dict[int, int] = dict(
                 conn.execute(
                     select(PLAN.c.image_id, PLAN.c.position).where(PLAN.c.run_id == run_id)
                 ).all()
@@ -286,7 +290,7 @@ class Store:
         start = conn.execute(
             select(func.coalesce(func.max(PLAN.c.position) + 1, 0)).where(PLAN.c.run_id == run_id)
         ).scalar_one()
-        new = []
+        new: list[dict[str, Any]] = []
         for image_id in image_ids:
             if image_id not in existing:
                 existing.add(image_id)
@@ -316,7 +320,9 @@ class Store:
         """Samples of a method with a result row (ok or failed), within plan positions < limit."""
         query = select(func.count()).where(RESULT.c.run_id == run_id, RESULT.c.method == method)
         if limit is not None:
-            planned = select(PLAN.c.image_id).where(PLAN.c.run_id == run_id, PLAN.c.position < limit)
+            planned = select(PLAN.c.image_id).where(
+                PLAN.c.run_id == run_id, PLAN.c.position < limit
+            )
             query = query.where(RESULT.c.image_id.in_(planned.scalar_subquery()))
         with self.reader.connect() as conn:
             return conn.execute(query).scalar_one()
@@ -451,7 +457,7 @@ def write_result(
             latency_s=latency_s,
             created_at=utcnow(),
         )
-    ).inserted_primary_key[0]
+    ).inserted_primary_key[0]  # type: ignore[index]
     metric_rows = _metric_rows(result_id, None, result.metrics)
     passes = metadata.get("passes")
     if isinstance(passes, list):
@@ -470,7 +476,7 @@ def write_result(
                     parse_status=str(item.get("parse_status", "ok")),
                     metrics=item.get("metrics") if isinstance(item.get("metrics"), dict) else {},
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key[0]  # type: ignore[index]
             metric_rows += _metric_rows(result_id, pass_id, item.get("metrics"))
     if metric_rows:
         conn.execute(insert(METRIC), metric_rows)

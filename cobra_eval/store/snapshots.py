@@ -103,7 +103,7 @@ def export_snapshot(
     is_checkpoint: bool,
     when: datetime | None = None,
 ) -> ExportedFile:
-    """Write a checkpoint (numbered + latest) or the final results file, atomically, and record it."""
+    """Write a checkpoint (numbered + latest) or the final results file atomically; record it."""
     when = when or datetime.now()
     doc = build_document(store, run_id, method, is_checkpoint=is_checkpoint, when=when)
     data = dumps(doc)
@@ -164,7 +164,11 @@ def import_document(
     imported = skipped = 0
     fresh_id = None if target else _fresh_id(store)
     with store.engine.begin() as conn:
-        run = conn.execute(select(RUN).where(RUN.c.id == target)).mappings().first() if target else None
+        run = (
+            conn.execute(select(RUN).where(RUN.c.id == target)).mappings().first()
+            if target
+            else None
+        )
         created = run is None
         if run is None:
             target = target or fresh_id
@@ -185,9 +189,15 @@ def import_document(
                 diff_configs(run["config"], run_cfg),
                 hint="Import it into another run with --run_id NEW_ID.",
             )
-        existing = conn.execute(
-            select(RUN_METHOD).where(RUN_METHOD.c.run_id == target, RUN_METHOD.c.method == method)
-        ).mappings().first()
+        existing = (
+            conn.execute(
+                select(RUN_METHOD).where(
+                    RUN_METHOD.c.run_id == target, RUN_METHOD.c.method == method
+                )
+            )
+            .mappings()
+            .first()
+        )
         if existing is None:
             now = utcnow()
             conn.execute(
