@@ -199,6 +199,13 @@ def run_command(**opts: Any) -> None:
     except Interrupted as exc:
         click.echo(str(exc), err=True)
         sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo(
+            "Interrupted: every committed sample is kept; run again with "
+            "--resume_from_checkpoint to continue.",
+            err=True,
+        )
+        sys.exit(130)
     except CobraEvalError as exc:
         raise click.ClickException(str(exc)) from None
     for item in summary.methods:
@@ -224,7 +231,7 @@ def runs_command(db: str | None, output_dir: Path, fmt: str) -> None:
     """List runs, newest first, with each method's progress and who ran it."""
     from cobra_eval.store import Store, resolve_url
 
-    with _errors(), Store.open(resolve_url(db, output_dir)) as store:
+    with _errors(), Store.open(resolve_url(db, output_dir), create=False) as store:
         rows: list[dict[str, Any]] = []
         for run in store.runs():
             rows.append(
@@ -289,7 +296,7 @@ def export_command(
     from cobra_eval.store.checkpoint_io import dumps, write_atomic
     from cobra_eval.store.snapshots import build_document
 
-    with _errors(), Store.open(resolve_url(db, output_dir)) as store:
+    with _errors(), Store.open(resolve_url(db, output_dir), create=False) as store:
         if store.get_run(run_id) is None:
             raise CobraEvalError(f"no run {run_id!r} in {store.display} (see `runs`)")
         methods = [p.method for p in store.method_progress(run_id)]

@@ -245,3 +245,44 @@ def test_real_process_run_and_no_heavy_imports_for_help(world: World) -> None:
     code = f"import sys, cobra_eval.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_read_commands_never_create_a_database(tmp_path, cli) -> None:
+    for args in (["runs"], ["export", "some_run"]):
+        result = cli(*args, "--output_dir", str(tmp_path / "nothing_here"))
+        assert result.exit_code == 1
+        assert "no results database at" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_keeps_every_committed_sample_and_says_how_to_continue(world: World) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, subprocess_env
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cobra_eval", *world.run_args("--num_samples", "30",
+                                                             "--batch_size", "2")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env=subprocess_env(COBRA_TEST_DELAY="0.2"),
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.extend(processed_numbers(line))
+        if len(seen) >= 4:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=60)
+    seen.extend(processed_numbers(out))
+    assert proc.returncode == 130
+    assert "Interrupted:" in err and "--resume_from_checkpoint" in err
+    assert "Traceback" not in err
+    (rows,) = world.rows("SELECT COUNT(*) FROM sample_result")[0]
+    assert rows >= max(seen)
+    assert world.rows("SELECT status FROM run_method") == [("interrupted",)]
+    done = run_cli_process(*world.run_args("--num_samples", "30", "--resume_from_checkpoint"))
+    assert done.returncode == 0, done.stderr
+    assert world.rows("SELECT COUNT(DISTINCT image_id), COUNT(*) FROM sample_result") == [(30, 30)]

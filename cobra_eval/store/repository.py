@@ -17,7 +17,13 @@ from sqlalchemy.exc import IntegrityError
 from cobra_eval import __version__
 from cobra_eval.errors import StoreError
 from cobra_eval.store.checkpoint_io import ResultRecord
-from cobra_eval.store.engine import mask_url, open_engine, read_only, user_at_host
+from cobra_eval.store.engine import (
+    mask_url,
+    open_engine,
+    read_only,
+    sqlite_path,
+    user_at_host,
+)
 from cobra_eval.store.models import (
     Checkpoint,
     MetricValue,
@@ -80,8 +86,17 @@ class Store:
         self.url = url
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        """Open a database by SQLAlchemy URL, upgrading its schema to head."""
+    def open(cls, url: str, *, create: bool = True) -> Store:
+        """Open a database by SQLAlchemy URL, upgrading its schema to head.
+
+        With create=False a missing SQLite file is an error instead of a new database.
+        """
+        path = sqlite_path(url)
+        if not create and path is not None and not path.exists():
+            raise StoreError(
+                f"no results database at {path} (nothing has run there yet; "
+                "check --output_dir or --db)"
+            )
         return cls(open_engine(url), url)
 
     def close(self) -> None:
