@@ -35,8 +35,9 @@ class Reporter(Protocol):
 class LineReporter:
     """The guide's plain lines, one per event; for pipes, logs and tests."""
 
-    def __init__(self, echo: Callable[[str], Any] = print):
-        self.echo = echo
+    def __init__(self, echo: Callable[[str], Any] | None = None):
+        # flushed per line: a log piped to a file must show every sample that was committed
+        self.echo = echo or (lambda text: print(text, flush=True))
 
     def message(self, text: str) -> None:
         self.echo(text)

@@ -15,14 +15,18 @@ from typing import Any
 from cobra_eval.backends import Backend, BackendOptions, GenerationRequest, create_backend
 from cobra_eval.config import GenerationParams, RunSettings, fingerprint
 from cobra_eval.datasets import Sample, load_dataset
-from cobra_eval.errors import CobraEvalError, StoreError
+from cobra_eval.errors import CobraEvalError
 from cobra_eval.methods import Method, PassOutput, resolve_methods
 from cobra_eval.progress import Reporter, SilentReporter
 from cobra_eval.resume import resolve_run
 from cobra_eval.store import Store, resolve_url
 from cobra_eval.store.checkpoint_io import ResultRecord
 from cobra_eval.store.engine import worker_identity
-from cobra_eval.store.snapshots import export_snapshot
+from cobra_eval.store.snapshots import (
+    catch_up_checkpoint,
+    export_snapshot,
+    prepare_method_folder,
+)
 
 #: A run stops when this many samples in a row failed: the cause is systemic, not the samples.
 MAX_CONSECUTIVE_FAILURES = 20
@@ -76,7 +80,6 @@ def run_evaluation(
     method_cfgs = {m.name: {"name": m.name, **m.config()} for m in methods}
     with Store.open(resolve_url(settings.db, settings.output_dir)) as store:
         run, resumed = resolve_run(store, settings, run_cfg, method_cfgs, reporter)
-        _make_dir(settings.output_dir / run.id)
         store.ensure_plan(run.id, [s.image_id for s in selected])
         summaries = []
         for method in methods:
@@ -85,13 +88,6 @@ def run_evaluation(
         if all(s.processed >= s.total for s in summaries):
             store.set_run_status(run.id, "finished")
         return RunSummary(run.id, store.display, summaries)
-
-
-def _make_dir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"cannot create output folder {path}: {exc.strerror}") from None
 
 
 class _MethodLoop:
@@ -132,8 +128,20 @@ class _MethodLoop:
             self.reporter.message(
                 f"Loaded checkpoint: {processed} samples processed, {remaining} remaining"
             )
-        self.reporter.start_method(name, self.total, processed)
         interval = self.settings.checkpoint_interval
+        prepare_method_folder(self.settings.output_dir, self.run_id, name)
+        self.reporter.start_method(name, self.total, processed)
+        missed = catch_up_checkpoint(
+            self.store,
+            self.settings.output_dir,
+            self.run_id,
+            name,
+            interval=interval,
+            processed=processed,
+        )
+        if missed is not None:
+            summary.checkpoints.append(missed.path)
+            self.reporter.checkpoint(missed.path.name, missed.count, self.total)
         failures_in_row = 0
         try:
             for start in range(0, len(pending), self.settings.batch_size):

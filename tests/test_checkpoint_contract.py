@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -88,6 +89,10 @@ def test_checkpoint_has_exactly_the_guides_shape(world: World, cli) -> None:
     numbered = sorted(world.checkpoints("scratchpad")[:-1], key=lambda p: int(p.name.split("_")[2]))
     assert [load_json(p)["checkpoint_info"]["processed_count"] for p in numbered] == [5, 10, 15]
     assert latest.read_bytes() == numbered[-1].read_bytes()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in (latest, *numbered):  # as readable as any file the user creates
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 @pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
@@ -125,11 +130,6 @@ def test_atomic_write_never_leaves_a_partial_file(tmp_path: Path) -> None:
 
     class Boom(Exception):
         pass
-
-    class Exploding(bytes):
-        pass
-
-    import os
 
     real_fsync = os.fsync
 

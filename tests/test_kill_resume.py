@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import itertools
 import json
 import random
 import re
@@ -100,7 +101,9 @@ def db_state(world: World, methods: list[str]) -> tuple[dict[str, dict[int, str]
     )
     assert partial == [], f"results without exactly one pass: {partial}"
     for table in ("sample_pass", "metric_value"):
-        orphans = f"SELECT COUNT(*) FROM {table} WHERE result_id NOT IN (SELECT id FROM sample_result)"
+        orphans = (
+            f"SELECT COUNT(*) FROM {table} WHERE result_id NOT IN (SELECT id FROM sample_result)"
+        )
         assert world.rows(orphans) == [(0,)], f"orphan rows in {table}"
     plan = [
         r[0]
@@ -119,7 +122,7 @@ def db_state(world: World, methods: list[str]) -> tuple[dict[str, dict[int, str]
         captions[method] = dict(rows)
         # samples are committed in plan order: what is stored is a prefix of the plan
         assert set(captions[method]) == set(plan[: len(rows)]), f"{method}: gaps in the plan"
-    for earlier, later in zip(methods, methods[1:]):
+    for earlier, later in itertools.pairwise(methods):
         if captions[later]:
             assert len(captions[earlier]) == TOTAL, f"{later} started before {earlier} finished"
     return captions, plan
@@ -207,7 +210,9 @@ def check_finished(world: World, method_opt: str, clean: dict[str, list[dict[str
         assert final["results"] == clean[method], f"{method}: final results differ from a clean run"
         latest = json.loads((folder / f"checkpoint_{method}_latest.json").read_bytes())
         assert latest["checkpoint_info"] == {"processed_count": TOTAL, "remaining_count": 0}
-    statuses = world.rows("SELECT method, status FROM run_method WHERE run_id = ? ORDER BY id", run_id)
+    statuses = world.rows(
+        "SELECT method, status FROM run_method WHERE run_id = ? ORDER BY id", run_id
+    )
     assert statuses == [(m, "finished") for m in methods]
     assert world.rows("SELECT status FROM run") == [("finished",)]
     check_files(world, captions, plan)
@@ -242,33 +247,22 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], dict[str,
     return get
 
 
+BASE = "baseline"
+CHECKPOINT_10 = "checkpoint_baseline_10_*.json"
+LATEST, FINAL = "checkpoint_baseline_latest.json", "results_baseline.json"
 KILL_CASES = [
-    # point, hit, --method, rows committed at death, target of the temp file left (export)
-    pytest.param("generate", 1, "baseline", {"baseline": 0}, None, id="generate-1st-batch"),
-    pytest.param("generate", 3, "baseline", {"baseline": 8}, None, id="generate-3rd-batch"),
-    pytest.param("commit", 1, "baseline", {"baseline": 0}, None, id="commit-1st-sample"),
-    pytest.param("commit", 6, "baseline", {"baseline": 5}, None, id="commit-mid-batch"),
-    pytest.param("commit", 17, "baseline", {"baseline": 16}, None, id="commit-17th-sample"),
-    pytest.param("commit", 40, "baseline", {"baseline": 39}, None, id="commit-last-sample"),
-    pytest.param(
-        "commit", 45, "all", {"baseline": 40, "scratchpad": 4}, None, id="commit-2nd-method"
-    ),
-    pytest.param(
-        "export", 1, "baseline", {"baseline": 10}, "checkpoint_baseline_10_*.json",
-        id="export-1st-checkpoint",
-    ),  # fmt: skip
-    pytest.param(
-        "export", 2, "baseline", {"baseline": 10}, "checkpoint_baseline_latest.json",
-        id="export-1st-latest",
-    ),  # fmt: skip
-    pytest.param(
-        "export", 4, "baseline", {"baseline": 20}, "checkpoint_baseline_latest.json",
-        id="export-overwriting-latest",
-    ),  # fmt: skip
-    pytest.param(
-        "export", 9, "baseline", {"baseline": 40}, "results_baseline.json",
-        id="export-final-results",
-    ),  # fmt: skip
+    # point, hit, --method, rows committed at death, name the left temp file was meant for
+    pytest.param("generate", 1, BASE, {BASE: 0}, None, id="generate-1st-batch"),
+    pytest.param("generate", 3, BASE, {BASE: 8}, None, id="generate-3rd-batch"),
+    pytest.param("commit", 1, BASE, {BASE: 0}, None, id="commit-1st-sample"),
+    pytest.param("commit", 6, BASE, {BASE: 5}, None, id="commit-mid-batch"),
+    pytest.param("commit", 17, BASE, {BASE: 16}, None, id="commit-17th-sample"),
+    pytest.param("commit", 40, BASE, {BASE: 39}, None, id="commit-last-sample"),
+    pytest.param("commit", 45, "all", {BASE: 40, "scratchpad": 4}, None, id="commit-2nd-method"),
+    pytest.param("export", 1, BASE, {BASE: 10}, CHECKPOINT_10, id="export-1st-checkpoint"),
+    pytest.param("export", 2, BASE, {BASE: 10}, LATEST, id="export-1st-latest"),
+    pytest.param("export", 4, BASE, {BASE: 20}, LATEST, id="export-overwriting-latest"),
+    pytest.param("export", 9, BASE, {BASE: 40}, FINAL, id="export-final-results"),
 ]
 
 
@@ -302,7 +296,7 @@ def test_sigkill_at_a_point_then_resume_ends_like_a_clean_run(
     else:
         # killed between fsync and rename: a whole temp file, and the real name untouched
         (temp,) = temps
-        target = temp.parent / temp.name[1:].rsplit(".", 2)[0]
+        target = temp.parent / (temp.name[1:].split(".json.", 1)[0] + ".json")
         assert fnmatch.fnmatch(target.name, temp_target), target.name
         method = temp.parent.name
         captions, plan = db_state(world, METHODS[method_opt])
@@ -317,6 +311,13 @@ def test_sigkill_at_a_point_then_resume_ends_like_a_clean_run(
     resumed = resume(world, method_opt)
     assert resumed.returncode == 0, resumed.stderr
     assert world.only_run_id() == run_id, "resume must continue the killed run"
+    assert temp_files(world) == [], "the dead writer's temp file is cleared on resume"
+    for method in METHODS[method_opt]:
+        # a checkpoint the kill skipped (died after the commit, before its export) is caught up
+        due = rows[method] // INTERVAL * INTERVAL
+        if due:
+            name = f"checkpoint_{method}_{due}_"
+            assert any(p.name.startswith(name) for p in world.checkpoints(method)), name
     again = printed_counts(resumed.stdout, method_opt)
     for method in METHODS[method_opt]:
         # only what was not committed is generated again, and nothing twice
@@ -355,14 +356,15 @@ def test_random_sigkills_then_resume_end_like_a_clean_run(
             break
         assert proc.returncode == -signal.SIGKILL, (proc.returncode, stderr)
         kills += 1
-        if world.db.exists() and world.rows(
-            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'run'"
-        ) == [(1,)] and world.rows("SELECT COUNT(*) FROM run") == [(1,)]:
+        if (
+            world.db.exists()
+            and world.rows("SELECT COUNT(*) FROM sqlite_master WHERE name = 'run'") == [(1,)]
+            and world.rows("SELECT COUNT(*) FROM run") == [(1,)]
+        ):
             rows = check_after_kill(world, "all", stdout)
             progress.append(rows["baseline"] + rows["scratchpad"])
         else:
             assert "Processed" not in stdout  # nothing was reported before the run existed
-    print("KILLS", kills, progress)
     assert kills >= 3, f"only {kills} kills: the run is too fast to test anything"
     assert progress == sorted(progress), f"committed samples went backwards: {progress}"
     assert any(0 < p < 2 * TOTAL for p in progress), f"no kill hit a run mid-way: {progress}"

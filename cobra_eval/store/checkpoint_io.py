@@ -6,10 +6,13 @@ Shape (see the checkpointing guide): top-level ``meta``, ``checkpoint_info``,
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -131,8 +134,10 @@ def write_atomic(path: Path, data: bytes) -> None:
     truncated file under the real name.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
     try:
+        # mkstemp makes 0600 files; results in a shared folder must be as readable as any file
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -146,6 +151,58 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+TEMP_SUFFIX = ".tmp"
+#: A temp file this old is abandoned even if its writer cannot be checked (another host).
+STALE_TEMP_SECONDS = 3600.0
+
+
+def _temp_prefix(name: str) -> str:
+    return f".{name}.{socket.gethostname()}.{os.getpid()}."
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete temp files left by writers that died mid-write (killed between write and rename).
+
+    A temp file is stale when its writer was a process of this host that no longer
+    exists, or when it is older than an hour; a live writer's file is left alone.
+    """
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    host = socket.gethostname()
+    now = time.time()
+    for path in folder.glob(f".*{TEMP_SUFFIX}"):
+        match = _TEMP.match(path.name)
+        if match is None:
+            continue
+        try:
+            age = now - path.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        dead_writer = match["host"] == host and not _alive(int(match["pid"]))
+        if dead_writer or age > STALE_TEMP_SECONDS:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_checkpoint(path: Path) -> CheckpointFile:
@@ -202,6 +259,7 @@ def parse_checkpoint(data: Any, source: str) -> CheckpointFile:
         ) from None
 
 
+_TEMP = re.compile(r"^\.(?P<name>.+\.json)\.(?P<host>[^.]+(?:\.[^.]+)*)\.(?P<pid>\d+)\..+\.tmp$")
 _NUMBERED = re.compile(r"^checkpoint_(?P<method>.+)_(?P<count>\d+)_(?P<stamp>\d{8}_\d{6})\.json$")
 
 

@@ -401,6 +401,16 @@ class Store:
                     metrics=row.metrics,
                 )
 
+    def last_checkpoint_count(self, run_id: str, method: str) -> int:
+        """The sample count of the newest periodic checkpoint recorded (0 if none)."""
+        query = select(func.coalesce(func.max(CHECKPOINT.c.count), 0)).where(
+            CHECKPOINT.c.run_id == run_id,
+            CHECKPOINT.c.method == method,
+            CHECKPOINT.c.is_final.is_(False),
+        )
+        with self.reader.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def record_checkpoint(
         self,
         run_id: str,

@@ -29,6 +29,7 @@ from cobra_eval.store.checkpoint_io import (
     final_name,
     latest_name,
     method_dir,
+    remove_stale_temps,
     write_atomic,
 )
 from cobra_eval.store.engine import user_at_host, worker_identity
@@ -127,6 +128,28 @@ def export_snapshot(
         is_final=not is_checkpoint,
     )
     return ExportedFile(path=path, count=count, size=len(data), sha256=digest)
+
+
+def prepare_method_folder(output_dir: Path, run_id: str, method: str) -> list[Path]:
+    """Create the method's folder and clear temp files of writers that died; returns those."""
+    folder = method_dir(output_dir, run_id, method)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create output folder {folder}: {exc.strerror}") from None
+    return remove_stale_temps(folder)
+
+
+def catch_up_checkpoint(
+    store: Store, output_dir: Path, run_id: str, method: str, *, interval: int, processed: int
+) -> ExportedFile | None:
+    """Write the checkpoint a crash skipped (killed between a commit and its export)."""
+    if not interval or processed < interval:
+        return None
+    due = processed // interval * interval
+    if store.last_checkpoint_count(run_id, method) >= due:
+        return None
+    return export_snapshot(store, output_dir, run_id, method, is_checkpoint=True)
 
 
 def check_file_config(
