@@ -360,11 +360,11 @@ def db_group() -> None:
 @db_options
 def db_upgrade(db: str | None, output_dir: Path) -> None:
     """Create the database, or bring its schema to this version's head."""
-    from cobra_eval.store.engine import current_revision, head_revision, mask_url, open_engine
-    from cobra_eval.store.engine import resolve_url as _resolve
+    from cobra_eval.store import mask_url, resolve_url
+    from cobra_eval.store.engine import current_revision, head_revision, open_engine
 
     with _errors():
-        url = _resolve(db, output_dir)
+        url = resolve_url(db, output_dir)
         before = current_revision(url)
         open_engine(url).dispose()
     click.echo(f"{mask_url(url)}: schema {before or 'empty'} -> {head_revision()} (head)")
@@ -374,11 +374,11 @@ def db_upgrade(db: str | None, output_dir: Path) -> None:
 @db_options
 def db_current(db: str | None, output_dir: Path) -> None:
     """Show the database's schema revision and this version's head, changing nothing."""
-    from cobra_eval.store.engine import current_revision, head_revision, mask_url
-    from cobra_eval.store.engine import resolve_url as _resolve
+    from cobra_eval.store import mask_url, resolve_url
+    from cobra_eval.store.engine import current_revision, head_revision
 
     with _errors():
-        url = _resolve(db, output_dir)
+        url = resolve_url(db, output_dir)
         revision = current_revision(url)
     state = "up to date" if revision == head_revision() else "needs `db upgrade`"
     click.echo(f"{mask_url(url)}: schema {revision or 'empty'} (head {head_revision()}, {state})")

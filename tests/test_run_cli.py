@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sqlite3
@@ -286,3 +287,21 @@ def test_ctrl_c_keeps_every_committed_sample_and_says_how_to_continue(world: Wor
     done = run_cli_process(*world.run_args("--num_samples", "30", "--resume_from_checkpoint"))
     assert done.returncode == 0, done.stderr
     assert world.rows("SELECT COUNT(DISTINCT image_id), COUNT(*) FROM sample_result") == [(30, 30)]
+
+
+def test_the_database_can_live_elsewhere_by_flag_or_environment(
+    world: World, cli, tmp_path
+) -> None:
+    by_env = tmp_path / "shared" / "team.db"
+    result = cli(*world.run_args("--num_samples", "3"), env={"COBRA_EVAL_DB": str(by_env)})
+    assert result.exit_code == 0, result.output
+    assert not world.db.exists()
+    by_flag = tmp_path / "other.db"
+    result = cli(*world.run_args("--num_samples", "2", "--db", f"sqlite:///{by_flag}"))
+    assert result.exit_code == 0, result.output
+    for path, count in ((by_env, 3), (by_flag, 2)):
+        con = sqlite3.connect(path)
+        assert con.execute("SELECT COUNT(*) FROM sample_result").fetchone() == (count,)
+        con.close()
+    listed = cli("runs", "--format", "json", env={"COBRA_EVAL_DB": str(by_env)})
+    assert [m["done"] for m in json.loads(listed.stdout)[0]["methods"]] == [3]
