@@ -311,7 +311,10 @@ def test_export_and_runs_commands(world: World, cli) -> None:
     cli(*world.run_args("--num_samples", "6", "--method", "all", "--run_id", "both"))
     ambiguous = cli("export", "both", "--output_dir", str(world.out))
     assert ambiguous.exit_code == 1
-    assert "run both has methods baseline, scratchpad; choose one with --method" in ambiguous.output
+    assert (
+        "run both has methods baseline, scratchpad, llava_cot, scratchpad_compare; "
+        "choose one with --method" in ambiguous.output
+    )
     out = cli("export", "both", "--method", "scratchpad", "--output_dir", str(world.out))
     doc = json.loads(out.stdout)
     assert doc["meta"]["method"] == "scratchpad" and len(doc["results"]) == 6
@@ -321,4 +324,4 @@ def test_export_and_runs_commands(world: World, cli) -> None:
     header, row = table.output.strip().splitlines()
     assert header.split() == ["RUN", "CREATED", "BY", "STATUS", "METHODS"]
     assert row.startswith("both ") and "finished" in row
-    assert row.endswith("baseline 6/6, scratchpad 6/6")
+    assert row.endswith("baseline 6/6, scratchpad 6/6, llava_cot 6/6, scratchpad_compare 6/6")

@@ -28,7 +28,11 @@ from tests.conftest import BACKEND, REPO, World, run_cli_process, subprocess_env
 from tests.stand_in import make_coco_world
 
 TOTAL, INTERVAL, BATCH = 40, 10, 4
-METHODS = {"baseline": ["baseline"], "all": ["baseline", "scratchpad"]}
+METHODS = {
+    "baseline": ["baseline"],
+    "all": ["baseline", "scratchpad", "llava_cot", "scratchpad_compare"],
+}
+PASSES = {"baseline": 1, "scratchpad": 1, "llava_cot": 1, "scratchpad_compare": 3}
 #: Output lines must reach the pipe before the SIGKILL, as they would reach a terminal.
 UNBUFFERED = {"PYTHONUNBUFFERED": "1"}
 PROCESSED_RE = re.compile(r"Processed (\d+)/(\d+) samples")
@@ -94,12 +98,13 @@ def db_state(world: World, methods: list[str]) -> tuple[dict[str, dict[int, str]
     assert dupes == [], f"duplicate results: {dupes}"
     assert world.rows("SELECT image_id, status FROM sample_result WHERE status != 'ok'") == []
     assert {r[0] for r in world.rows("SELECT DISTINCT method FROM sample_result")} <= set(methods)
-    # a committed sample is whole: exactly one pass row each (both methods have one pass)
-    partial = world.rows(
-        "SELECT r.id, COUNT(p.id) FROM sample_result r "
-        "LEFT JOIN sample_pass p ON p.result_id = r.id GROUP BY r.id HAVING COUNT(p.id) != 1"
+    # a committed sample is whole: all of its method's pass rows
+    counts = world.rows(
+        "SELECT r.method, COUNT(p.id) FROM sample_result r "
+        "LEFT JOIN sample_pass p ON p.result_id = r.id GROUP BY r.id"
     )
-    assert partial == [], f"results without exactly one pass: {partial}"
+    partial = [(m, n) for m, n in counts if n != PASSES[m]]
+    assert partial == [], f"results without all their passes: {partial}"
     for table in ("sample_pass", "metric_value"):
         orphans = (
             f"SELECT COUNT(*) FROM {table} WHERE result_id NOT IN (SELECT id FROM sample_result)"
@@ -258,7 +263,14 @@ KILL_CASES = [
     pytest.param("commit", 6, BASE, {BASE: 5}, None, id="commit-mid-batch"),
     pytest.param("commit", 17, BASE, {BASE: 16}, None, id="commit-17th-sample"),
     pytest.param("commit", 40, BASE, {BASE: 39}, None, id="commit-last-sample"),
-    pytest.param("commit", 45, "all", {BASE: 40, "scratchpad": 4}, None, id="commit-2nd-method"),
+    pytest.param(
+        "commit",
+        45,
+        "all",
+        {BASE: 40, "scratchpad": 4, "llava_cot": 0, "scratchpad_compare": 0},
+        None,
+        id="commit-2nd-method",
+    ),
     pytest.param("export", 1, BASE, {BASE: 10}, CHECKPOINT_10, id="export-1st-checkpoint"),
     pytest.param("export", 2, BASE, {BASE: 10}, LATEST, id="export-1st-latest"),
     pytest.param("export", 4, BASE, {BASE: 20}, LATEST, id="export-overwriting-latest"),
@@ -287,8 +299,10 @@ def test_sigkill_at_a_point_then_resume_ends_like_a_clean_run(
         # exactly the committed samples were reported, each once, in order
         assert printed[method] == list(range(1, rows[method] + 1)), method
     run_id = world.only_run_id()
-    statuses = dict(world.rows("SELECT method, status FROM run_method WHERE run_id = ?", run_id))
-    assert statuses[METHODS[method_opt][-1]] == "running"  # it died; nobody marked it
+    statuses = world.rows(
+        "SELECT method, status FROM run_method WHERE run_id = ? ORDER BY id", run_id
+    )
+    assert statuses[-1][1] == "running"  # the method it died in: nobody marked it
 
     temps = temp_files(world)
     if temp_target is None:
@@ -362,7 +376,7 @@ def test_random_sigkills_then_resume_end_like_a_clean_run(
             and world.rows("SELECT COUNT(*) FROM run") == [(1,)]
         ):
             rows = check_after_kill(world, "all", stdout)
-            progress.append(rows["baseline"] + rows["scratchpad"])
+            progress.append(sum(rows.values()))
         else:
             assert "Processed" not in stdout  # nothing was reported before the run existed
     assert kills >= 3, f"only {kills} kills: the run is too fast to test anything"

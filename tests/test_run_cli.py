@@ -168,8 +168,8 @@ def test_method_all_runs_each_method_with_its_own_checkpoints_and_resume(world: 
     run_id = world.only_run_id()
     assert world.rows(
         "SELECT method, COUNT(*) FROM sample_result GROUP BY method ORDER BY method"
-    ) == [("baseline", 10), ("scratchpad", 10)]
-    for method in ("baseline", "scratchpad"):
+    ) == [("baseline", 10), ("llava_cot", 10), ("scratchpad", 10), ("scratchpad_compare", 10)]
+    for method in ("baseline", "scratchpad", "llava_cot", "scratchpad_compare"):
         folder = world.method_dir(run_id, method)
         assert len(list(folder.glob(f"checkpoint_{method}_*.json"))) == 3  # 5, 10, latest
     # a later baseline-only resume continues the same run
@@ -178,7 +178,7 @@ def test_method_all_runs_each_method_with_its_own_checkpoints_and_resume(world: 
     assert world.only_run_id() == run_id
     assert world.rows(
         "SELECT method, COUNT(*) FROM sample_result GROUP BY method ORDER BY method"
-    ) == [("baseline", 12), ("scratchpad", 10)]
+    ) == [("baseline", 12), ("llava_cot", 10), ("scratchpad", 10), ("scratchpad_compare", 10)]
 
 
 def test_missing_images_are_failed_samples_retried_on_resume(world: World, cli) -> None:
@@ -204,7 +204,11 @@ def test_missing_images_are_failed_samples_retried_on_resume(world: World, cli) 
         (["--num_samples", "-3"], "Invalid value for '--num_samples'"),
         (["--num_samples", "ten"], "'ten' is not a valid integer"),
         (["--checkpoint_interval", "-1"], "Invalid value for '--checkpoint_interval'"),
-        (["--method", "nonsense"], "'nonsense' is not one of 'baseline', 'scratchpad', 'all'"),
+        (
+            ["--method", "nonsense"],
+            "'nonsense' is not one of 'baseline', 'scratchpad', 'llava_cot', "
+            "'scratchpad_compare', 'all'",
+        ),
         (["--num_samples", "41"], "--num_samples 41 is larger than the dataset"),
         (["--run_id", "../escape"], "Invalid value for '--run_id'"),
         (["--backend", "nowhere:Thing"], "cannot import backend module 'nowhere'"),

@@ -26,6 +26,8 @@ class BackendOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description="Model id or path (backend-specific).")
+    device: str = Field("auto", description="auto | cpu | cuda | mps (backends that run locally).")
+    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16.")
     extra: dict[str, Any] = Field(default_factory=dict, description="Backend-specific options.")
 
 

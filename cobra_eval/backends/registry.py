@@ -16,7 +16,7 @@ from cobra_eval.errors import BackendError
 
 ENTRY_POINT_GROUP = "cobra_eval.backends"
 #: Built-in backends, name -> "module:attribute" of a factory taking BackendOptions.
-BUILTIN: dict[str, str] = {}
+BUILTIN: dict[str, str] = {"hf": "cobra_eval.backends.hf:HFBackend"}
 
 
 def backend_names() -> list[str]:

@@ -44,6 +44,13 @@ def resolve_methods(spec: str) -> list[Method]:
     return [get_method(spec)]
 
 
+#: Built-in method modules, in the order of ``--method all``.
+BUILTIN_MODULES = ("baseline", "scratchpad", "llava_cot", "scratchpad_compare")
+
+
 def _load_builtins() -> None:
-    # Imported for their @register_method side effect, in the order of --method all.
-    from cobra_eval.methods import baseline, scratchpad  # noqa: F401
+    # Imported for their @register_method side effect; the first import fixes the order.
+    import importlib
+
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"cobra_eval.methods.{module}")

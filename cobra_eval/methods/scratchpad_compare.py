@@ -1,0 +1,75 @@
+"""scratchpad_compare: a direct caption, a scratchpad caption, and a refinement of both."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from cobra_eval.methods import baseline, scratchpad
+from cobra_eval.methods.base import MethodOutput, ParsedOutput, PassOutput
+from cobra_eval.methods.registry import register_method
+
+REFINE_TEMPLATE = (
+    "Draft caption: {draft}\nScratchpad: {scratchpad}\nUsing the image and the scratchpad, "
+    "correct the draft caption. Write the final one-sentence caption on a line starting with "
+    "'Caption:'."
+)
+
+
+def refine_prompt(draft: str, notes: str) -> str:
+    """The refinement prompt for a draft caption and a scratchpad."""
+    flat = " ".join(notes.split()) or "(none)"
+    return REFINE_TEMPLATE.format(draft=draft or "(none)", scratchpad=flat)
+
+
+@register_method("scratchpad_compare")
+class ScratchpadCompare:
+    """Three passes per image; every pass is stored, the refinement is the caption."""
+
+    name: str = "scratchpad_compare"
+    pass_names: tuple[str, ...] = ("direct", "scratchpad", "refine")
+
+    def __init__(self) -> None:
+        self._direct = baseline.Baseline()
+        self._scratch = scratchpad.Scratchpad()
+
+    def config(self) -> dict[str, Any]:
+        """Prompts of the three passes."""
+        return {
+            "prompts": {
+                "direct": baseline.PROMPT,
+                "scratchpad": scratchpad.PROMPT,
+                "refine": REFINE_TEMPLATE,
+            },
+            "marker": scratchpad.MARKER,
+        }
+
+    def build_prompt(self, pass_name: str, previous: Sequence[PassOutput]) -> str:
+        """Pass 3 sees pass 1's caption and pass 2's scratchpad."""
+        if pass_name == "direct":
+            return baseline.PROMPT
+        if pass_name == "scratchpad":
+            return scratchpad.PROMPT
+        by_name = {p.name: p for p in previous}
+        return refine_prompt(by_name["direct"].caption, by_name["scratchpad"].reasoning)
+
+    def parse(self, pass_name: str, raw: str) -> ParsedOutput:
+        """Direct: first line; scratchpad and refine: after the last 'Caption:'."""
+        if pass_name == "direct":
+            return self._direct.parse(pass_name, raw)
+        return self._scratch.parse(pass_name, raw)
+
+    def finalize(self, passes: Sequence[PassOutput]) -> MethodOutput:
+        """The refinement is the caption; metadata compares the passes."""
+        by_name = {p.name: p for p in passes}
+        final = passes[-1]
+        captions = {p.name: p.caption for p in passes}
+        return MethodOutput(
+            generated_caption=final.caption,
+            reasoning_trace=by_name["scratchpad"].reasoning if "scratchpad" in by_name else "",
+            metadata={
+                "parse_status": final.parse_status,
+                "pass_captions": captions,
+                "refine_changed_draft": captions.get("refine") != captions.get("direct"),
+            },
+        )
