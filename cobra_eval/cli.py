@@ -140,8 +140,21 @@ def _method_choices() -> list[str]:
     show_default=True,
     help="Model backend: a registered name or a plugin as module:attribute.",
 )
-@flag("model", metavar="ID|PATH", help="Model to evaluate (hub id or local folder).")
-@flag("dataset", metavar="PATH", help="Dataset: a COCO captions annotation JSON file.")
+@flag(
+    "model",
+    metavar="ID|PATH",
+    default="demo",
+    show_default=True,
+    help="Model to evaluate: a hub id, a local folder, or 'demo' (the bundled tiny model).",
+)
+@flag(
+    "dataset",
+    metavar="NAME|PATH",
+    default="demo",
+    show_default=True,
+    help="Dataset: 'demo' (the bundled synthetic world's held-out split) or a COCO captions "
+    "annotation JSON file.",
+)
 @flag(
     "images",
     type=click.Path(file_okay=False, path_type=Path),
@@ -171,6 +184,27 @@ def _method_choices() -> list[str]:
     help="Nucleus sampling mass (with temperature > 0).",
 )
 @flag("seed", type=int, default=0, show_default=True, help="Random seed for generation.")
+@flag(
+    "device",
+    type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+    default="auto",
+    show_default=True,
+    help="Where a local model runs (auto: cuda, then mps, then cpu).",
+)
+@flag(
+    "dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="Model weights' dtype (auto: bfloat16 on CUDA, else float32).",
+)
+@flag(
+    "metrics",
+    default="bleu,meteor,rouge,cider,spice",
+    show_default=True,
+    help="Corpus metrics printed and stored at the end of each method: a comma list of "
+    "bleu, meteor, rouge, cider, spice; 'all'; or 'none'.",
+)
 def run_command(**opts: Any) -> None:
     """Evaluate a captioning method; every sample is committed to the database at once.
 
@@ -184,6 +218,7 @@ def run_command(**opts: Any) -> None:
     the database (results/cobra_eval.db), which you can query with SQL.
     """
     from cobra_eval.config import GenerationParams, RunSettings
+    from cobra_eval.metrics import parse_metric_list
     from cobra_eval.progress import reporter_for_stdout
     from cobra_eval.runner import Interrupted, run_evaluation
 
@@ -193,8 +228,9 @@ def run_command(**opts: Any) -> None:
         top_p=opts.pop("top_p"),
         seed=opts.pop("seed"),
     )
-    settings = RunSettings(generation=generation, **opts)
     try:
+        opts["metrics"] = parse_metric_list(opts["metrics"])
+        settings = RunSettings(generation=generation, **opts)
         summary = run_evaluation(settings, reporter=reporter_for_stdout())
     except Interrupted as exc:
         click.echo(str(exc), err=True)
@@ -214,7 +250,28 @@ def run_command(**opts: Any) -> None:
             f"Done: {item.method} {item.processed}/{item.total} samples{failed} "
             f"-> {item.final_file}"
         )
+    for line in metrics_table(summary):
+        click.echo(line)
     click.echo(f"Run {summary.run_id} in {summary.db}")
+
+
+def metrics_table(summary: Any) -> list[str]:
+    """Corpus metrics of every method as aligned lines, then what was unavailable and why."""
+    scored = [m for m in summary.methods if m.corpus is not None and m.corpus.n]
+    if not scored:
+        return []
+    names = list(dict.fromkeys(k for m in scored for k in m.corpus.scores))
+    width = max(len("method"), *(len(m.method) for m in scored))
+    lines = ["Corpus metrics:", "  " + "method".ljust(width) + "      n" +
+             "".join(f"{n:>9}" for n in names)]  # fmt: skip
+    for m in scored:
+        values = "".join(
+            f"{m.corpus.scores[n]:>9.3f}" if n in m.corpus.scores else f"{'-':>9}" for n in names
+        )
+        lines.append(f"  {m.method.ljust(width)} {m.corpus.n:>6}{values}")
+    reasons = {name: why for m in scored for name, why in m.corpus.unavailable.items()}
+    lines += [f"{name.upper()} unavailable: {why}" for name, why in reasons.items()]
+    return lines
 
 
 @main.command("runs")

@@ -53,10 +53,16 @@ class RunSettings(BaseModel):
     batch_size: int = Field(8, ge=1, description="Samples per backend call.")
     backend: str = Field("hf", description="Backend name or 'module:attribute' plugin.")
     model: str | None = Field(None, description="Model id or path, interpreted by the backend.")
-    dataset: str | None = Field(None, description="Dataset name or annotation file path.")
+    dataset: str | None = Field("demo", description="'demo' or an annotation file path.")
     images: Path | None = Field(None, description="Folder holding the dataset's image files.")
     split: str | None = Field(None, description="Dataset split, where the format has splits.")
     generation: GenerationParams = Field(default_factory=GenerationParams)
+    device: str = Field("auto", description="auto | cpu | cuda | mps.")
+    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16.")
+    metrics: tuple[str, ...] = Field(
+        ("bleu", "meteor", "rouge", "cider", "spice"),
+        description="Corpus metric groups computed at the end of each method; () for none.",
+    )
 
     def settings_record(self) -> dict[str, Any]:
         """The non-semantic settings, as recorded beside the config in exports."""
@@ -64,6 +70,8 @@ class RunSettings(BaseModel):
             "num_samples": self.num_samples,
             "checkpoint_interval": self.checkpoint_interval,
             "batch_size": self.batch_size,
+            "device": self.device,
+            "dtype": self.dtype,
             "dataset_path": self.dataset,
             "images": str(self.images) if self.images else None,
         }

@@ -17,6 +17,7 @@ from cobra_eval.config import GenerationParams, RunSettings, fingerprint
 from cobra_eval.datasets import Sample, load_dataset
 from cobra_eval.errors import CobraEvalError
 from cobra_eval.methods import Method, PassOutput, resolve_methods
+from cobra_eval.metrics import CorpusScores, score_corpus
 from cobra_eval.progress import Reporter, SilentReporter
 from cobra_eval.resume import resolve_run
 from cobra_eval.store import Store, resolve_url
@@ -43,6 +44,7 @@ class MethodSummary:
     failed: int
     checkpoints: list[Path] = field(default_factory=list)
     final_file: Path | None = None
+    corpus: CorpusScores | None = None
 
 
 @dataclass
@@ -71,7 +73,12 @@ def run_evaluation(
     dataset = load_dataset(settings.dataset, settings.images, settings.split)
     selected = dataset.select(settings.num_samples)
     if backend is None:
-        backend = create_backend(settings.backend, BackendOptions(model=settings.model))
+        backend = create_backend(
+            settings.backend,
+            BackendOptions(
+                model=resolve_model(settings), device=settings.device, dtype=settings.dtype
+            ),
+        )
     run_cfg = {
         "model": {"backend": settings.backend, **backend.identity()},
         "generation": settings.generation.model_dump(),
@@ -190,9 +197,25 @@ class _MethodLoop:
             self.store, self.settings.output_dir, self.run_id, name, is_checkpoint=False
         )
         summary.final_file = final.path
+        summary.corpus = self._score()
         if processed >= self.total:
             self.store.set_method_status(self.run_id, name, "finished")
         return summary
+
+    def _score(self) -> CorpusScores | None:
+        """Corpus metrics of the method's successful results in this selection."""
+        if not self.settings.metrics:
+            return None
+        candidates, references = {}, {}
+        for result in self.store.results(self.run_id, self.method.name):
+            if result.status == "ok" and result.image_id in self.samples:
+                candidates[result.image_id] = result.generated_caption
+                references[result.image_id] = result.reference_captions
+        scores = score_corpus(candidates, references, self.settings.metrics)
+        self.store.record_corpus_metrics(
+            self.run_id, self.method.name, scores.scores, n=scores.n, scope="final"
+        )
+        return scores
 
     def _generate(self, batch: Sequence[Sample]) -> list[tuple[ResultRecord, float]]:
         """Run every pass of the method over a batch; one result per sample."""
@@ -254,6 +277,15 @@ class _MethodLoop:
                 )
             out.append((record, latency))
         return out
+
+
+def resolve_model(settings: RunSettings) -> str | None:
+    """--model, or the bundled demo model for the default backend."""
+    if settings.backend == "hf" and settings.model in (None, "demo"):
+        from cobra_eval.demo import DEMO_MODEL_DIR
+
+        return str(DEMO_MODEL_DIR)
+    return settings.model
 
 
 def generate_isolated(

@@ -34,11 +34,12 @@ class World:
         return self.out / "cobra_eval.db"
 
     def run_args(self, *extra: str) -> list[str]:
-        """The bare run command's arguments for this world."""
+        """The bare run command's arguments for this world (metrics off: they need a JVM)."""
         return [
             "--backend", BACKEND,
             "--dataset", str(self.dataset),
             "--output_dir", str(self.out),
+            "--metrics", "none",
             *extra,
         ]  # fmt: skip
 

@@ -26,6 +26,7 @@ from cobra_eval.store.engine import (
 )
 from cobra_eval.store.models import (
     Checkpoint,
+    CorpusMetric,
     MetricValue,
     PlannedSample,
     Run,
@@ -42,6 +43,7 @@ RESULT = SampleResult.__table__  # type: ignore[attr-defined]
 PASS = SamplePass.__table__  # type: ignore[attr-defined]
 METRIC = MetricValue.__table__  # type: ignore[attr-defined]
 CHECKPOINT = Checkpoint.__table__  # type: ignore[attr-defined]
+CORPUS = CorpusMetric.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -410,6 +412,21 @@ class Store:
         )
         with self.reader.connect() as conn:
             return int(conn.execute(query).scalar_one())
+
+    def record_corpus_metrics(
+        self, run_id: str, method: str, scores: dict[str, float], *, n: int, scope: str
+    ) -> None:
+        """Store corpus-level scores of a method over n samples."""
+        if not scores:
+            return
+        now = utcnow()
+        rows = [
+            {"run_id": run_id, "method": method, "metric": name, "value": value,
+             "n_samples": n, "scope": scope, "created_at": now}
+            for name, value in scores.items()
+        ]  # fmt: skip
+        with self.engine.begin() as conn:
+            conn.execute(insert(CORPUS), rows)
 
     def record_checkpoint(
         self,

@@ -1,0 +1,181 @@
+"""Corpus-level COCO caption scores with the official pycocoevalcap scorers.
+
+pycocoevalcap has sharp edges this module guards against: a line break inside
+a caption shifts every later caption to the wrong image in the PTB tokenizer
+and desynchronises METEOR's pipe; '|||' is METEOR's field separator; the
+tokenizer writes its temp file into site-packages; METEOR leaves its lock held
+(and the process hanging at exit) if it fails mid-call.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cobra_eval.errors import ConfigError
+
+#: --metrics names -> the official result keys they produce.
+METRIC_GROUPS: dict[str, tuple[str, ...]] = {
+    "bleu": ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"),
+    "meteor": ("METEOR",),
+    "rouge": ("ROUGE_L",),
+    "cider": ("CIDEr",),
+    "spice": ("SPICE",),
+}
+DEFAULT_METRICS = "bleu,meteor,rouge,cider,spice"
+PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":",
+                "-", "--", "...", ";"}  # fmt: skip
+_BREAKS = re.compile(r"[\r\n\u2028\u2029\x0b\x0c\x85]+")
+TOKENIZER_TIMEOUT_S = 300
+
+
+@dataclass
+class CorpusScores:
+    """Scores of one set of captions, and the metrics that could not be computed (with why)."""
+
+    n: int
+    scores: dict[str, float] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
+def parse_metric_list(text: str) -> tuple[str, ...]:
+    """'bleu,cider' -> ('bleu', 'cider'); 'none' -> (); 'all' -> every group."""
+    text = text.strip().lower()
+    if text in ("", "none"):
+        return ()
+    if text == "all":
+        return tuple(METRIC_GROUPS)
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [n for n in names if n not in METRIC_GROUPS]
+    if unknown:
+        raise ConfigError(
+            f"unknown metric {', '.join(unknown)}; choose from {', '.join(METRIC_GROUPS)}, "
+            "'all' or 'none'"
+        )
+    return names
+
+
+def sanitize(text: str) -> str:
+    """One line, no METEOR separators: the scorers' input must never shift."""
+    return " ".join(_BREAKS.sub(" ", text).replace("|||", " ").split())
+
+
+def _pycoco_dir() -> Path:
+    # a namespace package (no __init__), so locate it through one of its modules
+    from pycocoevalcap.bleu import bleu
+
+    return Path(bleu.__file__).resolve().parent.parent
+
+
+def spice_unavailable_reason() -> str | None:
+    """Why SPICE cannot run here, or None when its Stanford CoreNLP models are present."""
+    lib = _pycoco_dir() / "spice" / "lib"
+    missing = [
+        name
+        for name in ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+        if not (lib / name).exists()
+    ]
+    if missing:
+        return (
+            f"SPICE needs {' and '.join(missing)} in {lib} (pycocoevalcap would download them; "
+            "see the README to install them offline)"
+        )
+    return None
+
+
+def ptb_tokenize(captions: Mapping[Any, Sequence[str]]) -> dict[Any, list[str]]:
+    """The official PTB tokenization (Stanford CoreNLP 3.4.1), lower-cased, punctuation removed."""
+    jar = _pycoco_dir() / "tokenizer" / "stanford-corenlp-3.4.1.jar"
+    keys = [key for key, texts in captions.items() for _ in texts]
+    lines = [sanitize(text) for texts in captions.values() for text in texts]
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as tmp:
+        tmp.write("\n".join(lines))
+    try:
+        done = subprocess.run(
+            ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer",
+             "-preserveLines", "-lowerCase", tmp.name],
+            capture_output=True, timeout=TOKENIZER_TIMEOUT_S, check=True,
+        )  # fmt: skip
+    finally:
+        os.unlink(tmp.name)
+    out_lines = done.stdout.decode("utf-8").split("\n")
+    result: dict[Any, list[str]] = {key: [] for key in captions}
+    for key, line in zip(keys, out_lines, strict=False):
+        result[key].append(" ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS))
+    return result
+
+
+def score_corpus(
+    candidates: Mapping[int, str],
+    references: Mapping[int, Sequence[str]],
+    metrics: Sequence[str] = tuple(METRIC_GROUPS),
+) -> CorpusScores:
+    """Corpus scores of candidates[i] against references[i], as COCOEvalCap computes them."""
+    ids = [i for i in candidates if references.get(i)]
+    out = CorpusScores(n=len(ids))
+    if not ids or not metrics:
+        return out
+    if shutil.which("java") is None:
+        for name in metrics:
+            out.unavailable[name] = "Java is not installed (the COCO scorers need it)"
+        return out
+    res = ptb_tokenize({i: [candidates[i]] for i in ids})
+    gts = ptb_tokenize({i: list(references[i]) for i in ids})
+    for name in metrics:
+        if name == "spice":
+            reason = spice_unavailable_reason()
+            if reason:
+                out.unavailable[name] = reason
+                continue
+        try:
+            out.scores.update(_score_group(name, gts, res))
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            out.unavailable[name] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def _score_group(
+    name: str, gts: dict[Any, list[str]], res: dict[Any, list[str]]
+) -> dict[str, float]:
+    if name == "bleu":
+        from pycocoevalcap.bleu.bleu import Bleu
+
+        score, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        return dict(zip(METRIC_GROUPS["bleu"], (float(s) for s in score), strict=True))
+    if name == "rouge":
+        from pycocoevalcap.rouge.rouge import Rouge
+
+        return {"ROUGE_L": float(Rouge().compute_score(gts, res)[0])}
+    if name == "cider":
+        from pycocoevalcap.cider.cider import Cider
+
+        return {"CIDEr": float(Cider().compute_score(gts, res)[0])}
+    if name == "meteor":
+        return {"METEOR": _meteor(gts, res)}
+    if name == "spice":
+        from pycocoevalcap.spice.spice import Spice
+
+        return {"SPICE": float(Spice().compute_score(gts, res)[0])}
+    raise ValueError(f"unknown metric group {name}")
+
+
+def _meteor(gts: dict[Any, list[str]], res: dict[Any, list[str]]) -> float:
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    meteor = Meteor()
+    try:
+        return float(meteor.compute_score(gts, res)[0])
+    finally:
+        # kill the JVM ourselves: Meteor.__del__ hangs if compute_score died holding its lock
+        proc = meteor.meteor_p
+        proc.kill()
+        proc.wait()
+        if meteor.lock.locked():
+            meteor.lock.release()

@@ -1,0 +1,90 @@
+"""Corpus metrics at the end of a run: the official scorers' numbers, stored and printed."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from cobra_eval.metrics import score_corpus
+from tests.conftest import World
+
+CANDIDATES = {
+    1: "a red circle to the left of a blue square.",
+    2: "A green square\nabove a red circle",  # a line break must not shift later captions
+    3: "two ||| cats",  # METEOR's separator must not split it
+    4: "a yellow triangle below a purple circle",
+}
+REFERENCES = {
+    1: ["a red circle to the left of a blue square", "a blue square right of a red circle"],
+    2: ["a green square above a red circle", "a red circle below a green square"],
+    3: ["two cats on a sofa", "a pair of cats"],
+    4: ["a yellow triangle below a purple circle", "a purple circle above a yellow triangle"],
+}
+
+
+def official(metric: str) -> float:
+    """pycocoevalcap's own pipeline on the same input (its tokenizer, its scorers)."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tok = PTBTokenizer()
+    # pycocoevalcap only replaces '\n'; give it clean single-line input to compare with
+    gts = tok.tokenize({i: [{"caption": c} for c in refs] for i, refs in REFERENCES.items()})
+    res = tok.tokenize(
+        {i: [{"caption": " ".join(c.replace("|||", " ").split())}] for i, c in CANDIDATES.items()}
+    )
+    if metric == "CIDEr":
+        return float(Cider().compute_score(gts, res)[0])
+    if metric == "ROUGE_L":
+        return float(Rouge().compute_score(gts, res)[0])
+    return float(Bleu(4).compute_score(gts, res, verbose=0)[0][3])
+
+
+def test_java_free_scores_equal_pycocoevalcaps_own_run() -> None:
+    ours = score_corpus(CANDIDATES, REFERENCES, ("bleu", "rouge", "cider"))
+    assert ours.n == 4
+    for metric, key in (("CIDEr", "CIDEr"), ("ROUGE_L", "ROUGE_L"), ("Bleu_4", "Bleu_4")):
+        assert ours.scores[key] == pytest.approx(official(metric), abs=1e-12), metric
+
+
+def test_spice_is_reported_unavailable_not_crashed() -> None:
+    out = score_corpus(CANDIDATES, REFERENCES, ("spice",))
+    assert out.scores == {}
+    assert "stanford-corenlp-3.6.0" in out.unavailable["spice"]
+
+
+@pytest.mark.slow
+def test_meteor_runs_and_its_jvm_is_gone_afterwards() -> None:
+    import subprocess
+
+    before = subprocess.run(["pgrep", "-f", "meteor-1.5.jar"], capture_output=True).stdout
+    out = score_corpus(CANDIDATES, REFERENCES, ("meteor",))
+    assert 0.3 < out.scores["METEOR"] < 1.0
+    after = subprocess.run(["pgrep", "-f", "meteor-1.5.jar"], capture_output=True).stdout
+    assert after == before
+
+
+def test_a_run_prints_and_stores_corpus_metrics(world: World, cli) -> None:
+    result = cli(*world.run_args("--num_samples", "8", "--metrics", "bleu,cider,spice"))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    start = lines.index("Corpus metrics:")
+    header = lines[start + 1].split()
+    assert header == ["method", "n", "Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "CIDEr"]
+    row = lines[start + 2].split()
+    assert row[:2] == ["baseline", "8"]
+    stored = dict(world.rows("SELECT metric, value FROM corpus_metric WHERE scope = 'final'"))
+    assert set(stored) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "CIDEr"}
+    assert float(row[-1]) == pytest.approx(stored["CIDEr"], abs=5e-4)
+    assert re.search(r"^SPICE unavailable: SPICE needs stanford-corenlp", result.output, re.M)
+    assert world.rows("SELECT DISTINCT n_samples FROM corpus_metric") == [(8,)]
+
+
+def test_unknown_metric_is_a_clear_error(world: World, cli) -> None:
+    result = cli(*world.run_args("--num_samples", "2", "--metrics", "bleu,wer"))
+    assert result.exit_code == 1
+    assert "unknown metric wer; choose from bleu, meteor, rouge, cider, spice" in result.output
+    assert not world.db.exists()
