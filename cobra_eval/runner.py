@@ -15,7 +15,7 @@ from typing import Any
 from cobra_eval.backends import Backend, BackendOptions, GenerationRequest, create_backend
 from cobra_eval.config import GenerationParams, RunSettings, fingerprint
 from cobra_eval.datasets import Sample, load_dataset
-from cobra_eval.errors import CobraEvalError
+from cobra_eval.errors import BackendError, CobraEvalError
 from cobra_eval.methods import Method, PassOutput, resolve_methods
 from cobra_eval.metrics import CorpusScores, score_corpus
 from cobra_eval.progress import Reporter, SilentReporter
@@ -298,7 +298,9 @@ def generate_isolated(
     """
     try:
         outputs = backend.generate(requests, params)
-    except Exception as exc:  # any backend failure is data for the sample(s) it hit
+    except BackendError:
+        raise  # the model itself is unusable: no sample could succeed
+    except Exception as exc:  # any other failure is data for the sample(s) it hit
         if len(requests) == 1:
             return [exc]
         return [generate_isolated(backend, [r], params)[0] for r in requests]
