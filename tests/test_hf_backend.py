@@ -210,11 +210,13 @@ def test_a_text_only_model_is_refused_once_with_the_reason(
 
     backend = create_backend("hf", BackendOptions(model=str(folder)))
     assert backend.identity()["name"] == "tiny-llama"  # a folder with weights: identity works
-    outputs = generate_isolated(backend, requests_for(images[:3], PROMPTS[:3]), GREEDY)
-    assert isinstance(outputs[0], BackendError)
-    # the batch, then each request alone: one load attempt, the same error every time
-    assert all(o is outputs[0] for o in outputs)
-    message = str(outputs[0])
+    # an unusable model stops the run: it is not turned into failed samples
+    with pytest.raises(BackendError) as first:
+        generate_isolated(backend, requests_for(images[:3], PROMPTS[:3]), GREEDY)
+    with pytest.raises(BackendError) as again:  # one load attempt, the same error every time
+        backend.generate(requests_for(images[:1], PROMPTS[:1]), GREEDY)
+    assert again.value is first.value
+    message = str(first.value)
     assert message.startswith("cannot load model")
     assert "model_type 'llama'" in message
     assert "AutoModelForImageTextToText" in message
