@@ -13,7 +13,12 @@ import pytest
 
 from cobra_eval.datasets.coco import load_coco
 from cobra_eval.demo import DEMO_MODEL_DIR, ensure_demo_dataset
-from cobra_eval.demo.evaluate import generate, has_stages_in_order, matches_reference
+from cobra_eval.demo.evaluate import (
+    demo_backend,
+    generate,
+    has_stages_in_order,
+    matches_reference,
+)
 from cobra_eval.demo.world import (
     REFERENCES_PER_IMAGE,
     VERSION,
@@ -97,19 +102,15 @@ def test_import_is_light() -> None:
 
 
 def test_bundled_model_answers_every_method() -> None:
-    import torch
-    from PIL import Image
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    torch.set_num_threads(2)
-    processor = AutoProcessor.from_pretrained(DEMO_MODEL_DIR)
-    model = AutoModelForImageTextToText.from_pretrained(DEMO_MODEL_DIR).eval()
+    # the hf backend loads the folder with AutoProcessor + AutoModelForImageTextToText,
+    # exactly as it loads any real checkpoint
+    backend = demo_backend(DEMO_MODEL_DIR)
     rows = load_scenes(ensure_demo_dataset("eval"))[:20]
-    images = [Image.open(path).convert("RGB") for _, path, _ in rows]
+    images = [path for _, path, _ in rows]
     refs = [reference_captions(scene) for _, _, scene in rows]
 
     def answers(prompt: str) -> list[str]:
-        return generate(processor, model, images, [prompt] * len(images), batch_size=8)
+        return generate(backend, images, [prompt] * len(images), batch_size=8)
 
     captions = [
         baseline.Baseline().parse("caption", raw).caption for raw in answers(baseline.PROMPT)
@@ -122,6 +123,6 @@ def test_bundled_model_answers_every_method() -> None:
     assert sum(has_stages_in_order(raw) for raw in cot) >= 18, cot
 
     # Left padding works: one at a time gives what the batch gave.
-    alone = generate(processor, model, images[:3], [baseline.PROMPT] * 3, batch_size=1)
-    batched = generate(processor, model, images[:3], [baseline.PROMPT] * 3, batch_size=3)
+    alone = generate(backend, images[:3], [baseline.PROMPT] * 3, batch_size=1)
+    batched = generate(backend, images[:3], [baseline.PROMPT] * 3, batch_size=3)
     assert alone == batched

@@ -295,7 +295,10 @@ def _from_pretrained(
     source: str, *, dtype: torch.dtype, local_files_only: bool, revision: str | None = None
 ) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers.utils import logging as hf_logging
 
+    # the run's own lines and progress bar are the output; a weights-loading bar is noise
+    hf_logging.disable_progress_bar()
     common: dict[str, Any] = {"local_files_only": local_files_only, "revision": revision}
     try:
         config = AutoConfig.from_pretrained(source, **common)

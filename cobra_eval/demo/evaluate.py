@@ -1,8 +1,8 @@
 """Check a demo model the way a user runs it: ``python -m cobra_eval.demo.evaluate``.
 
-Loads the folder with ``AutoProcessor`` + ``AutoModelForImageTextToText``, renders
-every prompt with the chat template, batches with left padding, generates greedily
-and reads the answers with the methods' own parsers.
+Generates through the tool's own ``hf`` backend (``AutoProcessor`` +
+``AutoModelForImageTextToText``, chat template, left-padded batches, greedy) and
+reads the answers with the methods' own parsers.
 """
 
 from __future__ import annotations
@@ -48,53 +48,34 @@ def matches_reference(caption: str, references: Sequence[str]) -> bool:
     return normalize(caption) in {normalize(r) for r in references}
 
 
-def load_model(model_dir: Path = DEMO_MODEL_DIR) -> tuple[Any, Any]:
-    """(processor, model) from a folder, exactly as for any checkpoint."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir)
-    model.eval()
-    return processor, model
-
-
 def generate(
-    processor: Any,
-    model: Any,
-    images: Sequence[Any],
+    backend: Any,
+    image_paths: Sequence[Path],
     prompts: Sequence[str],
     *,
     batch_size: int = 8,
     max_new_tokens: int = 128,
 ) -> list[str]:
-    """Greedy answers for (image, prompt) pairs, in batches with left padding."""
-    import torch
+    """Greedy answers for (image, prompt) pairs through the tool's own backend, in batches."""
+    from cobra_eval.backends import GenerationRequest
+    from cobra_eval.config import GenerationParams
 
+    params = GenerationParams(max_new_tokens=max_new_tokens)
+    requests = [
+        GenerationRequest(image_path=path, prompt=prompt)
+        for path, prompt in zip(image_paths, prompts, strict=True)
+    ]
     answers: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        texts = [
-            processor.apply_chat_template(
-                [
-                    {
-                        "role": "user",
-                        "content": [{"type": "image"}, {"type": "text", "text": prompt}],
-                    }
-                ],
-                add_generation_prompt=True,
-            )
-            for prompt in prompts[start : start + batch_size]
-        ]
-        inputs = processor(
-            images=list(images[start : start + batch_size]),
-            text=texts,
-            padding=True,
-            return_tensors="pt",
-        )
-        with torch.inference_mode():
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        new = out[:, inputs["input_ids"].shape[1] :]
-        answers.extend(processor.batch_decode(new, skip_special_tokens=True))
+    for start in range(0, len(requests), batch_size):
+        answers.extend(backend.generate(requests[start : start + batch_size], params))
     return answers
+
+
+def demo_backend(model_dir: Path = DEMO_MODEL_DIR) -> Any:
+    """The hf backend on a demo model folder (CPU, float32), exactly as `--model DIR` gets it."""
+    from cobra_eval.backends import BackendOptions, create_backend
+
+    return create_backend("hf", BackendOptions(model=str(model_dir), device="cpu", dtype="float32"))
 
 
 def evaluate(
@@ -114,20 +95,15 @@ def evaluate(
     and ``refine_fixes_corrupted`` (a deliberately wrong draft is corrected) say
     more about what the model learned.
     """
-    from PIL import Image
-
     started = time.monotonic()
-    processor, model = load_model(model_dir)
+    backend = demo_backend(model_dir)
     rows = load_scenes(ensure_demo_dataset("eval", root))[:count]
-    images = []
-    for _, path, _ in rows:
-        with Image.open(path) as img:
-            images.append(img.convert("RGB"))
+    images = [path for _, path, _ in rows]
     refs = [reference_captions(scene) for _, _, scene in rows]
     n = len(rows)
 
     def run(prompts: Sequence[str]) -> list[str]:
-        return generate(processor, model, images, prompts, batch_size=batch_size)
+        return generate(backend, images, prompts, batch_size=batch_size)
 
     base_method, scratch_method = baseline.Baseline(), scratchpad.Scratchpad()
     cot_method, compare = llava_cot.LlavaCot(True), scratchpad_compare.ScratchpadCompare()
