@@ -327,10 +327,14 @@ def test_unreadable_images_fail_only_their_own_request(
     assert [outputs[0], outputs[3]] == one_at_a_time(llava, good, GREEDY)
 
 
-def test_a_full_cli_run_stores_every_sample(world: World, llava_dir: Path) -> None:
+@pytest.mark.parametrize("arch", ["llava", "idefics3"])
+def test_a_full_cli_run_stores_every_sample(
+    world: World, arch: str, request: pytest.FixtureRequest
+) -> None:
+    model_dir: Path = request.getfixturevalue(f"{arch}_dir")
     # world.run_args names the stand-in backend; the later --backend wins in click
     args = world.run_args(
-        "--backend", "hf", "--model", str(llava_dir), "--num_samples", "6",
+        "--backend", "hf", "--model", str(model_dir), "--num_samples", "6",
         "--batch_size", "3", "--max_new_tokens", "5", "--checkpoint_interval", "3",
     )  # fmt: skip
     result = CliRunner().invoke(main, args, catch_exceptions=False)
@@ -338,7 +342,9 @@ def test_a_full_cli_run_stores_every_sample(world: World, llava_dir: Path) -> No
     rows = world.rows("SELECT status, error, generated_caption FROM sample_result")
     assert len(rows) == 6
     assert all(status == "ok" and error is None for status, error, _ in rows), rows
-    assert all(len(caption.split()) == 5 for *_, caption in rows), rows
+    assert all(caption for *_, caption in rows), rows
+    raw = [r[0] for r in world.rows("SELECT raw_output FROM sample_pass")]
+    assert len(raw) == 6 and all(len(text.split()) == 5 for text in raw), raw
     [(config,)] = world.rows("SELECT config FROM run")
     model = json.loads(config)["model"]
-    assert model == {"backend": "hf", **HFBackend(BackendOptions(model=str(llava_dir))).identity()}
+    assert model == {"backend": "hf", **HFBackend(BackendOptions(model=str(model_dir))).identity()}
