@@ -98,13 +98,30 @@ def build_tokenizer(
     )
 
 
+def tiny_llama_config(tokenizer: Any) -> Any:
+    """The small Llama text model both tiny architectures share."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 def build_tiny_llava(path: Path, *, seed: int = 0) -> Path:
     """A LLaVA-1.5 shaped model: CLIP vision tower (32px, patch 8) + a 2-layer Llama."""
     import torch
     from transformers import (
         CLIPImageProcessorPil,
         CLIPVisionConfig,
-        LlamaConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
@@ -123,18 +140,7 @@ def build_tiny_llava(path: Path, *, seed: int = 0) -> Path:
         patch_size=patch,
         projection_dim=32,
     )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text = tiny_llama_config(tokenizer)
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
@@ -171,7 +177,6 @@ def build_tiny_idefics3(path: Path, *, seed: int = 0) -> Path:
         Idefics3ImageProcessorPil,
         Idefics3Processor,
         Idefics3VisionConfig,
-        LlamaConfig,
     )
 
     row_col = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
@@ -191,18 +196,7 @@ def build_tiny_idefics3(path: Path, *, seed: int = 0) -> Path:
         image_size=image_size,
         patch_size=patch,
     )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text = tiny_llama_config(tokenizer)
     config = Idefics3Config(
         vision_config=vision,
         text_config=text,
