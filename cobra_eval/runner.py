@@ -17,7 +17,8 @@ from cobra_eval.config import GenerationParams, RunSettings, fingerprint
 from cobra_eval.datasets import Sample, load_dataset
 from cobra_eval.errors import BackendError, CobraEvalError
 from cobra_eval.methods import Method, PassOutput, resolve_methods
-from cobra_eval.metrics import CorpusScores, score_corpus
+from cobra_eval.metrics import METRIC_GROUPS, CorpusScores, score_corpus
+from cobra_eval.metrics.corpus import spice_unavailable_reason
 from cobra_eval.progress import Reporter, SilentReporter
 from cobra_eval.resume import resolve_run
 from cobra_eval.store import Store, resolve_url
@@ -197,13 +198,17 @@ class _MethodLoop:
             self.store, self.settings.output_dir, self.run_id, name, is_checkpoint=False
         )
         summary.final_file = final.path
-        summary.corpus = self._score()
+        summary.corpus = self._score(reuse=summary.new_this_run == 0)
         if processed >= self.total:
             self.store.set_method_status(self.run_id, name, "finished")
         return summary
 
-    def _score(self) -> CorpusScores | None:
-        """Corpus metrics of the method's successful results in this selection."""
+    def _score(self, *, reuse: bool) -> CorpusScores | None:
+        """Corpus metrics of the method's successful results in this selection.
+
+        With reuse (nothing new was generated), stored scores of the same samples are
+        returned instead of starting the Java scorers again.
+        """
         if not self.settings.metrics:
             return None
         candidates, references = {}, {}
@@ -211,11 +216,31 @@ class _MethodLoop:
             if result.status == "ok" and result.image_id in self.samples:
                 candidates[result.image_id] = result.generated_caption
                 references[result.image_id] = result.reference_captions
+        reused = self._stored_scores(len(candidates)) if reuse else None
+        if reused is not None:
+            return reused
         scores = score_corpus(candidates, references, self.settings.metrics)
         self.store.record_corpus_metrics(
             self.run_id, self.method.name, scores.scores, n=scores.n, scope="final"
         )
         return scores
+
+    def _stored_scores(self, n_now: int) -> CorpusScores | None:
+        """The stored final scores, if they cover the same samples and every metric asked for."""
+        n, stored = self.store.final_corpus_metrics(self.run_id, self.method.name)
+        keys = [k for g in self.settings.metrics if g != "spice" for k in METRIC_GROUPS[g]]
+        if n != n_now or any(key not in stored for key in keys):
+            return None
+        out = CorpusScores(n=n, scores={key: stored[key] for key in keys})
+        if "spice" in self.settings.metrics:
+            if "SPICE" in stored:
+                out.scores["SPICE"] = stored["SPICE"]
+            else:
+                reason = spice_unavailable_reason()
+                if reason is None:
+                    return None  # SPICE became available: score again
+                out.unavailable["spice"] = reason
+        return out
 
     def _generate(self, batch: Sequence[Sample]) -> list[tuple[ResultRecord, float]]:
         """Run every pass of the method over a batch; one result per sample."""

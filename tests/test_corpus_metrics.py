@@ -88,3 +88,19 @@ def test_unknown_metric_is_a_clear_error(world: World, cli) -> None:
     assert result.exit_code == 1
     assert "unknown metric wer; choose from bleu, meteor, rouge, cider, spice" in result.output
     assert not world.db.exists()
+
+
+def test_resuming_a_finished_run_reuses_its_scores_and_extending_rescores(
+    world: World, cli
+) -> None:
+    args = world.run_args("--num_samples", "6", "--metrics", "bleu,cider")
+    first = cli(*args)
+    table = first.output[first.output.index("Corpus metrics:") :].splitlines()[:3]
+    rows = world.rows("SELECT COUNT(*) FROM corpus_metric")
+    again = cli(*args, "--resume_from_checkpoint")
+    assert again.output[again.output.index("Corpus metrics:") :].splitlines()[:3] == table
+    assert world.rows("SELECT COUNT(*) FROM corpus_metric") == rows  # nothing scored again
+    more = cli(*world.run_args("--num_samples", "9", "--metrics", "bleu,cider",
+                               "--resume_from_checkpoint"))  # fmt: skip
+    assert more.exit_code == 0
+    assert world.rows("SELECT DISTINCT n_samples FROM corpus_metric ORDER BY 1") == [(6,), (9,)]

@@ -428,6 +428,20 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(insert(CORPUS), rows)
 
+    def final_corpus_metrics(self, run_id: str, method: str) -> tuple[int, dict[str, float]]:
+        """The newest final corpus scores of a method: (n samples, {metric: value})."""
+        query = (
+            select(CORPUS.c.metric, CORPUS.c.value, CORPUS.c.n_samples)
+            .where(CORPUS.c.run_id == run_id, CORPUS.c.method == method, CORPUS.c.scope == "final")
+            .order_by(CORPUS.c.id)
+        )
+        with self.reader.connect() as conn:
+            rows = conn.execute(query).all()
+        if not rows:
+            return 0, {}
+        n = rows[-1].n_samples
+        return n, {r.metric: r.value for r in rows if r.n_samples == n}
+
     def record_checkpoint(
         self,
         run_id: str,
