@@ -18,6 +18,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 SUBCOMMANDS_EPILOG = """\b
 Other commands (each takes --db; see COMMAND --help):
+  methods   list methods, passes and prompt templates (--show)
   runs      list runs with per-method progress
   export    write a run's results as checkpoint-shaped JSON
   import    load a checkpoint/results JSON into the database
@@ -185,6 +186,28 @@ def _method_choices() -> list[str]:
 )
 @flag("seed", type=int, default=0, show_default=True, help="Random seed for generation.")
 @flag(
+    "prompts",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help='JSON file overriding prompt templates, e.g. {"baseline": {"caption": "..."}}; '
+    "see `methods --show` for the names and defaults.",
+)
+@click.option(
+    "--llava_cot_instruction/--no_llava_cot_instruction",
+    "--llava-cot-instruction/--no-llava-cot-instruction",
+    default=True,
+    show_default=True,
+    help="Prefix llava_cot's question with the public LLaVA-CoT format instruction "
+    "(switch off for models fine-tuned on the format, e.g. Llama-3.2V-11B-cot).",
+)
+@click.option(
+    "--no_cache",
+    "--no-cache",
+    "no_cache",
+    is_flag=True,
+    help="Always generate; do not reuse (or store) generations from the cache.",
+)
+@flag(
     "device",
     type=click.Choice(["auto", "cpu", "cuda", "mps"]),
     default="auto",
@@ -230,6 +253,7 @@ def run_command(**opts: Any) -> None:
     )
     try:
         opts["metrics"] = parse_metric_list(opts["metrics"])
+        opts["cache"] = not opts.pop("no_cache")
         settings = RunSettings(generation=generation, **opts)
         summary = run_evaluation(settings, reporter=reporter_for_stdout())
     except Interrupted as exc:
@@ -250,9 +274,26 @@ def run_command(**opts: Any) -> None:
             f"Done: {item.method} {item.processed}/{item.total} samples{failed} "
             f"-> {item.final_file}"
         )
+    for line in generation_lines(summary):
+        click.echo(line)
     for line in metrics_table(summary):
         click.echo(line)
     click.echo(f"Run {summary.run_id} in {summary.db}")
+
+
+def generation_lines(summary: Any) -> list[str]:
+    """Per method: model calls made, cache hits, and how often parsing needed a fallback."""
+    lines = []
+    for m in summary.methods:
+        requests = m.generated + m.cache_hits
+        failed = m.parse_fallbacks + m.parse_empty
+        rate = f"{failed / m.processed:.1%}" if m.processed else "-"
+        lines.append(
+            f"  {m.method}: {requests} generations this run ({m.generated} by the model, "
+            f"{m.cache_hits} from cache); parse fallbacks {m.parse_fallbacks}, "
+            f"empty {m.parse_empty} ({rate} of {m.processed})"
+        )
+    return ["Generations and parsing:", *lines] if lines else []
 
 
 def metrics_table(summary: Any) -> list[str]:
@@ -272,6 +313,36 @@ def metrics_table(summary: Any) -> list[str]:
     reasons = {name: why for m in scored for name, why in m.corpus.unavailable.items()}
     lines += [f"{name.upper()} unavailable: {why}" for name, why in reasons.items()]
     return lines
+
+
+@main.command("methods")
+@click.option("--show", is_flag=True, help="Print every prompt template in full.")
+@flag(
+    "prompts",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Show the templates as this prompts file would make them.",
+)
+def methods_command(show: bool, prompts: Path | None) -> None:
+    """List the methods with their passes and prompt templates."""
+    from cobra_eval.config import fingerprint
+    from cobra_eval.methods import resolve_methods
+    from cobra_eval.methods.prompts import load_prompts_file
+
+    with _errors():
+        methods = resolve_methods("all", prompts=load_prompts_file(prompts))
+    for method in methods:
+        config = method.config()
+        templates = config.get("templates", config["prompts"])
+        click.echo(
+            f"{method.name}: passes {', '.join(method.pass_names)}; prompts version "
+            f"{config.get('prompts_version')}, config hash {fingerprint(config)}"
+        )
+        if show:
+            for name, text in templates.items():
+                click.echo(f"  [{name}]")
+                for line in text.splitlines():
+                    click.echo(f"    {line}")
 
 
 @main.command("runs")

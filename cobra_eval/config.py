@@ -57,6 +57,11 @@ class RunSettings(BaseModel):
     images: Path | None = Field(None, description="Folder holding the dataset's image files.")
     split: str | None = Field(None, description="Dataset split, where the format has splits.")
     generation: GenerationParams = Field(default_factory=GenerationParams)
+    cache: bool = Field(True, description="Reuse generations from the generation cache.")
+    prompts: Path | None = Field(None, description="JSON file overriding prompt templates.")
+    llava_cot_instruction: bool = Field(
+        True, description="Prefix llava_cot's question with the LLaVA-CoT format instruction."
+    )
     device: str = Field("auto", description="auto | cpu | cuda | mps.")
     dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16.")
     metrics: tuple[str, ...] = Field(

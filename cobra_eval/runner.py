@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from cobra_eval.backends import Backend, BackendOptions, GenerationRequest, create_backend
-from cobra_eval.config import GenerationParams, RunSettings, fingerprint
+from cobra_eval.config import RunSettings, fingerprint
 from cobra_eval.datasets import Sample, load_dataset
-from cobra_eval.errors import BackendError, CobraEvalError
+from cobra_eval.errors import CobraEvalError
+from cobra_eval.generation import CachedGenerator
 from cobra_eval.methods import Method, PassOutput, resolve_methods
+from cobra_eval.methods.prompts import load_prompts_file
 from cobra_eval.metrics import METRIC_GROUPS, CorpusScores, score_corpus
 from cobra_eval.metrics.corpus import spice_unavailable_reason
 from cobra_eval.progress import Reporter, SilentReporter
@@ -43,6 +45,10 @@ class MethodSummary:
     processed: int
     new_this_run: int
     failed: int
+    generated: int = 0
+    cache_hits: int = 0
+    parse_fallbacks: int = 0
+    parse_empty: int = 0
     checkpoints: list[Path] = field(default_factory=list)
     final_file: Path | None = None
     corpus: CorpusScores | None = None
@@ -70,7 +76,11 @@ def run_evaluation(
 ) -> RunSummary:
     """Run (or resume, or extend) an evaluation as the CLI's bare command does."""
     reporter = reporter or SilentReporter()
-    methods = resolve_methods(settings.method)
+    methods = resolve_methods(
+        settings.method,
+        prompts=load_prompts_file(settings.prompts),
+        options={"llava_cot": {"use_format_instruction": settings.llava_cot_instruction}},
+    )
     dataset = load_dataset(settings.dataset, settings.images, settings.split)
     selected = dataset.select(settings.num_samples)
     if backend is None:
@@ -89,9 +99,10 @@ def run_evaluation(
     with Store.open(resolve_url(settings.db, settings.output_dir)) as store:
         run, resumed = resolve_run(store, settings, run_cfg, method_cfgs, reporter)
         store.ensure_plan(run.id, [s.image_id for s in selected])
+        generator = CachedGenerator(backend, store, run_cfg["model"], enabled=settings.cache)
         summaries = []
         for method in methods:
-            loop = _MethodLoop(store, run.id, method, selected, settings, backend, reporter)
+            loop = _MethodLoop(store, run.id, method, selected, settings, generator, reporter)
             summaries.append(loop.run(method_cfgs[method.name], resumed))
         if all(s.processed >= s.total for s in summaries):
             store.set_run_status(run.id, "finished")
@@ -106,13 +117,13 @@ class _MethodLoop:
         method: Method,
         selected: Sequence[Sample],
         settings: RunSettings,
-        backend: Backend,
+        generator: CachedGenerator,
         reporter: Reporter,
     ):
         self.store, self.run_id, self.method = store, run_id, method
         self.samples = {s.image_id: s for s in selected}
         self.total = len(selected)
-        self.settings, self.backend, self.reporter = settings, backend, reporter
+        self.settings, self.generator, self.reporter = settings, generator, reporter
         self.worker = worker_identity()
 
     def run(self, method_cfg: dict[str, Any], resumed: bool) -> MethodSummary:
@@ -128,6 +139,7 @@ class _MethodLoop:
         pending = self.store.pending(self.run_id, name, self.total)
         processed = self.store.count_results(self.run_id, name, limit=self.total)
         retried = self.store.failed_ids(self.run_id, name)
+        generated_before, hits_before = self.generator.generated, self.generator.hits
         summary = MethodSummary(name, self.total, processed, 0, 0)
         if self.settings.method == "all":
             self.reporter.message(f"== {name} (run {self.run_id}) ==")
@@ -164,7 +176,9 @@ class _MethodLoop:
                         processed += 1
                     summary.new_this_run += 1
                     failures_in_row = failures_in_row + 1 if result.status == "failed" else 0
-                    self.reporter.processed(processed, self.total)
+                    self.reporter.processed(
+                        processed, self.total, cached=bool(result.metadata.get("cached"))
+                    )
                     if interval and new and processed % interval == 0:
                         exported = export_snapshot(
                             self.store,
@@ -193,12 +207,19 @@ class _MethodLoop:
         finally:
             self.reporter.end_method()
         summary.processed = processed
+        summary.generated = self.generator.generated - generated_before
+        summary.cache_hits = self.generator.hits - hits_before
         summary.failed = next((p.failed for p in self.store.method_progress(self.run_id, name)), 0)
         final = export_snapshot(
             self.store, self.settings.output_dir, self.run_id, name, is_checkpoint=False
         )
         summary.final_file = final.path
         summary.corpus = self._score(reuse=summary.new_this_run == 0)
+        for result in self.store.results(self.run_id, name):
+            status = str(result.metadata.get("parse_status", "ok"))
+            if result.status == "ok" and status != "ok":
+                summary.parse_empty += status == "empty"
+                summary.parse_fallbacks += status != "empty"
         if processed >= self.total:
             self.store.set_method_status(self.run_id, name, "finished")
         return summary
@@ -259,9 +280,10 @@ class _MethodLoop:
                 )
                 for k in live
             ]
-            for k, request, output in zip(
-                live, requests, generate_isolated(self.backend, requests, params), strict=True
+            for k, request, generated in zip(
+                live, requests, self.generator.generate(requests, params), strict=True
             ):
+                output = generated.output
                 if isinstance(output, Exception):
                     errors[k] = f"{type(output).__name__}: {output}"
                     continue
@@ -275,6 +297,7 @@ class _MethodLoop:
                         reasoning=parsed.reasoning,
                         parse_status=parsed.parse_status,
                         details=parsed.details,
+                        cached=generated.cached,
                     )
                 )
         latency = (time.perf_counter() - started) / max(len(batch), 1)
@@ -297,7 +320,11 @@ class _MethodLoop:
                     reference_captions=list(sample.references),
                     generated_caption=final.generated_caption,
                     reasoning_trace=final.reasoning_trace,
-                    metadata={**final.metadata, "passes": done},
+                    metadata={
+                        **final.metadata,
+                        "cached": all(p.cached for p in passes[k]),
+                        "passes": done,
+                    },
                     metrics={},
                 )
             out.append((record, latency))
@@ -311,26 +338,3 @@ def resolve_model(settings: RunSettings) -> str | None:
 
         return str(DEMO_MODEL_DIR)
     return settings.model
-
-
-def generate_isolated(
-    backend: Backend, requests: Sequence[GenerationRequest], params: GenerationParams
-) -> list[str | Exception]:
-    """Generate a batch; if it raises, retry one by one so only the failing samples fail.
-
-    This is the one place where per-sample failures are caught: the error is
-    stored with its sample and the run goes on.
-    """
-    try:
-        outputs = backend.generate(requests, params)
-    except BackendError:
-        raise  # the model itself is unusable: no sample could succeed
-    except Exception as exc:  # any other failure is data for the sample(s) it hit
-        if len(requests) == 1:
-            return [exc]
-        return [generate_isolated(backend, [r], params)[0] for r in requests]
-    if len(outputs) != len(requests):
-        raise RuntimeError(
-            f"backend returned {len(outputs)} outputs for {len(requests)} requests (a backend bug)"
-        )
-    return list(outputs)

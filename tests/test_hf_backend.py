@@ -22,8 +22,8 @@ from cobra_eval.backends.hf import HFBackend
 from cobra_eval.cli import main
 from cobra_eval.config import GenerationParams
 from cobra_eval.errors import BackendError
+from cobra_eval.generation import generate_isolated
 from cobra_eval.images import ImageError
-from cobra_eval.runner import generate_isolated
 from tests.conftest import REPO, World
 from tests.tiny_models import build_tiny_idefics3, build_tiny_llava, build_tokenizer
 

@@ -23,6 +23,7 @@ TABLES = {
     "metric_value",
     "corpus_metric",
     "checkpoint",
+    "generation_cache",
     "alembic_version",
 }
 
@@ -126,3 +127,30 @@ def test_passwords_in_urls_are_masked_in_errors(cli) -> None:
     assert result.exit_code == 1
     assert "hunter2" not in result.output
     assert "alice:***@127.0.0.1" in result.output
+
+
+def test_a_database_of_an_older_schema_is_upgraded_keeping_its_rows(tmp_path: Path) -> None:
+    from alembic import command
+
+    from cobra_eval.store.engine import alembic_config, make_engine
+
+    db = tmp_path / "old.db"
+    url = resolve_url(str(db))
+    engine = make_engine(url)
+    cfg = alembic_config(url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    engine.dispose()
+    con = sqlite3.connect(db)
+    con.execute(
+        "INSERT INTO run (id, created_at, created_by, tool_version, config, fingerprint, status) "
+        "VALUES ('old_run', '2025-01-01 00:00:00', 'me@here', '0.0.1', '{}', 'abc', 'finished')"
+    )
+    con.commit()
+    con.close()
+    with Store.open(url) as store:
+        assert [r.id for r in store.runs()] == ["old_run"]
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT version_num FROM alembic_version").fetchone() == (head_revision(),)
+    assert con.execute("SELECT COUNT(*) FROM generation_cache").fetchone() == (0,)

@@ -106,7 +106,10 @@ def evaluate(
         return generate(backend, images, prompts, batch_size=batch_size)
 
     base_method, scratch_method = baseline.Baseline(), scratchpad.Scratchpad()
-    cot_method, compare = llava_cot.LlavaCot(True), scratchpad_compare.ScratchpadCompare()
+    cot_method, compare = (
+        llava_cot.LlavaCot(use_format_instruction=True),
+        scratchpad_compare.ScratchpadCompare(),
+    )
     direct_raw = run([baseline.PROMPT] * n)
     scratch_raw = run([scratchpad.PROMPT] * n)
     cot_raw = run([llava_cot.build_prompt(True)] * n)

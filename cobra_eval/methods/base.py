@@ -30,6 +30,7 @@ class PassOutput(BaseModel):
     parse_status: str = "ok"
     details: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float | None] = Field(default_factory=dict)
+    cached: bool = Field(False, description="The output came from the generation cache.")
 
 
 class MethodOutput(BaseModel):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cobra_eval.methods.base import MethodOutput, ParsedOutput, PassOutput
 from cobra_eval.methods.parsing import first_sentence_line
+from cobra_eval.methods.prompts import merge_prompts
 from cobra_eval.methods.registry import register_method
 
 PROMPT = "Describe this image in one sentence."
+PROMPTS_VERSION = 1
 
 
 @register_method("baseline")
@@ -19,13 +21,16 @@ class Baseline:
     name: str = "baseline"
     pass_names: tuple[str, ...] = ("caption",)
 
+    def __init__(self, prompts: Mapping[str, str] | None = None):
+        self.prompts = merge_prompts(self.name, {"caption": PROMPT}, prompts)
+
     def config(self) -> dict[str, Any]:
         """The prompt is the whole configuration."""
-        return {"prompts": {"caption": PROMPT}}
+        return {"prompts": self.prompts, "prompts_version": PROMPTS_VERSION}
 
     def build_prompt(self, pass_name: str, previous: Sequence[PassOutput]) -> str:
-        """The fixed caption prompt."""
-        return PROMPT
+        """The caption prompt."""
+        return self.prompts["caption"]
 
     def parse(self, pass_name: str, raw: str) -> ParsedOutput:
         """The first non-empty line is the caption."""

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cobra_eval.methods.base import MethodOutput, ParsedOutput, PassOutput
 from cobra_eval.methods.parsing import clean_caption, first_sentence_line
+from cobra_eval.methods.prompts import merge_prompts
 from cobra_eval.methods.registry import register_method
 
+PROMPTS_VERSION = 1
 STAGES = ("SUMMARY", "CAPTION", "REASONING", "CONCLUSION")
 QUESTION = "Describe this image in one sentence."
 #: The public LLaVA-CoT format instruction, for models not fine-tuned on the format.
@@ -28,11 +30,15 @@ FORMAT_INSTRUCTION = (
 _TAG = re.compile(r"<\s*(/?)\s*(SUMMARY|CAPTION|REASONING|CONCLUSION)\s*>", re.IGNORECASE)
 
 
-def build_prompt(use_format_instruction: bool = True) -> str:
+def build_prompt(
+    use_format_instruction: bool = True,
+    instruction: str = FORMAT_INSTRUCTION,
+    question: str = QUESTION,
+) -> str:
     """The llava_cot prompt: the question, after the format instruction unless switched off."""
     if not use_format_instruction:
-        return QUESTION
-    return f"{FORMAT_INSTRUCTION}\nQuestion: {QUESTION}"
+        return question
+    return f"{instruction}\nQuestion: {question}"
 
 
 def split_stages(text: str) -> tuple[dict[str, str], list[str]]:
@@ -61,19 +67,30 @@ class LlavaCot:
     name: str = "llava_cot"
     pass_names: tuple[str, ...] = ("llava_cot",)
 
-    def __init__(self, use_format_instruction: bool = True):
+    def __init__(
+        self, prompts: Mapping[str, str] | None = None, use_format_instruction: bool = True
+    ):
+        defaults = {"instruction": FORMAT_INSTRUCTION, "question": QUESTION}
+        self.prompts = merge_prompts(self.name, defaults, prompts)
         self.use_format_instruction = use_format_instruction
 
     def config(self) -> dict[str, Any]:
-        """Prompt and whether the format instruction is used."""
+        """The prompt as sent, its templates, and whether the format instruction is used."""
         return {
-            "prompts": {"llava_cot": build_prompt(self.use_format_instruction)},
+            "prompts": {"llava_cot": self._prompt()},
+            "templates": self.prompts,
+            "prompts_version": PROMPTS_VERSION,
             "format_instruction": self.use_format_instruction,
         }
 
+    def _prompt(self) -> str:
+        return build_prompt(
+            self.use_format_instruction, self.prompts["instruction"], self.prompts["question"]
+        )
+
     def build_prompt(self, pass_name: str, previous: Sequence[PassOutput]) -> str:
         """The staged-reasoning prompt."""
-        return build_prompt(self.use_format_instruction)
+        return self._prompt()
 
     def parse(self, pass_name: str, raw: str) -> ParsedOutput:
         """Caption from <CONCLUSION>; else from <CAPTION>; else the last line."""

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from cobra_eval.errors import ConfigError
 from cobra_eval.methods.base import Method
 
-_FACTORIES: dict[str, Callable[[], Method]] = {}
+#: A factory takes prompt overrides (or None) and the method's keyword options.
+MethodFactory = Callable[..., Method]
+_FACTORIES: dict[str, MethodFactory] = {}
 
 
-def register_method(name: str) -> Callable[[Callable[[], Method]], Callable[[], Method]]:
-    """Decorator: register a zero-argument factory (usually the class) under a name."""
+def register_method(name: str) -> Callable[[MethodFactory], MethodFactory]:
+    """Decorator: register a factory (usually the class) under a name.
 
-    def deco(factory: Callable[[], Method]) -> Callable[[], Method]:
+    It is called as ``factory(prompts=overrides_or_None, **options)``.
+    """
+
+    def deco(factory: MethodFactory) -> MethodFactory:
         _FACTORIES[name] = factory
         return factory
 
@@ -26,22 +32,34 @@ def method_names() -> list[str]:
     return list(_FACTORIES)
 
 
-def get_method(name: str) -> Method:
-    """A fresh instance of a registered method."""
+def get_method(
+    name: str,
+    prompts: Mapping[str, str] | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> Method:
+    """A fresh instance of a registered method, with prompt overrides and options."""
     _load_builtins()
-    try:
-        return _FACTORIES[name]()
-    except KeyError:
+    factory = _FACTORIES.get(name)
+    if factory is None:
         raise ConfigError(
             f"unknown method {name!r}; choose one of: {', '.join(method_names())}, or 'all'"
-        ) from None
+        )
+    return factory(prompts=prompts, **(options or {}))
 
 
-def resolve_methods(spec: str) -> list[Method]:
-    """'all' or one name -> the methods to run, in order."""
-    if spec == "all":
-        return [get_method(name) for name in method_names()]
-    return [get_method(spec)]
+def resolve_methods(
+    spec: str,
+    prompts: Mapping[str, Mapping[str, str]] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[Method]:
+    """'all' or one name -> the methods to run, in order, each with its own overrides."""
+    names = method_names() if spec == "all" else [spec]
+    unknown = sorted(set(prompts or {}) - set(method_names()))
+    if unknown:
+        raise ConfigError(f"the prompts file names unknown method(s): {', '.join(unknown)}")
+    return [
+        get_method(name, (prompts or {}).get(name), (options or {}).get(name)) for name in names
+    ]
 
 
 #: Built-in method modules, in the order of ``--method all``.

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cobra_eval.methods.base import MethodOutput, ParsedOutput, PassOutput
 from cobra_eval.methods.parsing import clean_caption, first_sentence_line
+from cobra_eval.methods.prompts import merge_prompts
 from cobra_eval.methods.registry import register_method
 
+PROMPTS_VERSION = 1
 MARKER = "Caption:"
 PROMPT = (
     "First, write a short scratchpad listing the objects in the image, their attributes "
@@ -24,13 +26,16 @@ class Scratchpad:
     name: str = "scratchpad"
     pass_names: tuple[str, ...] = ("scratchpad",)
 
+    def __init__(self, prompts: Mapping[str, str] | None = None):
+        self.prompts = merge_prompts(self.name, {"scratchpad": PROMPT}, prompts)
+
     def config(self) -> dict[str, Any]:
         """Prompt and marker."""
-        return {"prompts": {"scratchpad": PROMPT}, "marker": MARKER}
+        return {"prompts": self.prompts, "prompts_version": PROMPTS_VERSION, "marker": MARKER}
 
     def build_prompt(self, pass_name: str, previous: Sequence[PassOutput]) -> str:
-        """The fixed scratchpad prompt."""
-        return PROMPT
+        """The scratchpad prompt."""
+        return self.prompts["scratchpad"]
 
     def parse(self, pass_name: str, raw: str) -> ParsedOutput:
         """Caption after the last marker (case-insensitive); else the last line as a fallback."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cobra_eval.methods import baseline, scratchpad
 from cobra_eval.methods.base import MethodOutput, ParsedOutput, PassOutput
+from cobra_eval.methods.prompts import merge_prompts
 from cobra_eval.methods.registry import register_method
 
+PROMPTS_VERSION = 1
 REFINE_TEMPLATE = (
     "Draft caption: {draft}\nScratchpad: {scratchpad}\nUsing the image and the scratchpad, "
     "correct the draft caption. Write the final one-sentence caption on a line starting with "
@@ -16,10 +18,11 @@ REFINE_TEMPLATE = (
 )
 
 
-def refine_prompt(draft: str, notes: str) -> str:
+def refine_prompt(draft: str, notes: str, template: str = REFINE_TEMPLATE) -> str:
     """The refinement prompt for a draft caption and a scratchpad."""
     flat = " ".join(notes.split()) or "(none)"
-    return REFINE_TEMPLATE.format(draft=draft or "(none)", scratchpad=flat)
+    # replace, not str.format: a user's template may contain other braces
+    return template.replace("{draft}", draft or "(none)").replace("{scratchpad}", flat)
 
 
 @register_method("scratchpad_compare")
@@ -29,29 +32,34 @@ class ScratchpadCompare:
     name: str = "scratchpad_compare"
     pass_names: tuple[str, ...] = ("direct", "scratchpad", "refine")
 
-    def __init__(self) -> None:
+    def __init__(self, prompts: Mapping[str, str] | None = None) -> None:
+        defaults = {
+            "direct": baseline.PROMPT,
+            "scratchpad": scratchpad.PROMPT,
+            "refine": REFINE_TEMPLATE,
+        }
+        self.prompts = merge_prompts(
+            self.name, defaults, prompts, placeholders={"refine": ("draft", "scratchpad")}
+        )
         self._direct = baseline.Baseline()
         self._scratch = scratchpad.Scratchpad()
 
     def config(self) -> dict[str, Any]:
         """Prompts of the three passes."""
         return {
-            "prompts": {
-                "direct": baseline.PROMPT,
-                "scratchpad": scratchpad.PROMPT,
-                "refine": REFINE_TEMPLATE,
-            },
+            "prompts": self.prompts,
+            "prompts_version": PROMPTS_VERSION,
             "marker": scratchpad.MARKER,
         }
 
     def build_prompt(self, pass_name: str, previous: Sequence[PassOutput]) -> str:
         """Pass 3 sees pass 1's caption and pass 2's scratchpad."""
-        if pass_name == "direct":
-            return baseline.PROMPT
-        if pass_name == "scratchpad":
-            return scratchpad.PROMPT
+        if pass_name != "refine":
+            return self.prompts[pass_name]
         by_name = {p.name: p for p in previous}
-        return refine_prompt(by_name["direct"].caption, by_name["scratchpad"].reasoning)
+        return refine_prompt(
+            by_name["direct"].caption, by_name["scratchpad"].reasoning, self.prompts["refine"]
+        )
 
     def parse(self, pass_name: str, raw: str) -> ParsedOutput:
         """Direct: first line; scratchpad and refine: after the last 'Caption:'."""

@@ -173,3 +173,17 @@ class Checkpoint(SQLModel, table=True):
     bytes: int
     sha256: str = Field(max_length=64)
     created_at: datetime = _ts()
+
+
+class GenerationCache(SQLModel, table=True):
+    """A model output keyed by everything that decides it: reruns and shared passes reuse it."""
+
+    __tablename__ = "generation_cache"
+
+    key: str = Field(
+        primary_key=True,
+        max_length=64,
+        description="sha256 of model identity, prompt, image bytes and generation parameters.",
+    )
+    output: str = Field(sa_type=Text, description="The raw generated text.")
+    created_at: datetime = _ts()

@@ -27,6 +27,7 @@ from cobra_eval.store.engine import (
 from cobra_eval.store.models import (
     Checkpoint,
     CorpusMetric,
+    GenerationCache,
     MetricValue,
     PlannedSample,
     Run,
@@ -44,6 +45,7 @@ PASS = SamplePass.__table__  # type: ignore[attr-defined]
 METRIC = MetricValue.__table__  # type: ignore[attr-defined]
 CHECKPOINT = Checkpoint.__table__  # type: ignore[attr-defined]
 CORPUS = CorpusMetric.__table__  # type: ignore[attr-defined]
+CACHE = GenerationCache.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -412,6 +414,36 @@ class Store:
         )
         with self.reader.connect() as conn:
             return int(conn.execute(query).scalar_one())
+
+    def cached_outputs(self, keys: Sequence[str]) -> dict[str, str]:
+        """Cached generations for these keys (missing keys are absent)."""
+        if not keys:
+            return {}
+        with self.reader.connect() as conn:
+            rows = conn.execute(
+                select(CACHE.c.key, CACHE.c.output).where(CACHE.c.key.in_(set(keys)))
+            ).all()
+        return {row.key: row.output for row in rows}
+
+    def cache_outputs(self, outputs: dict[str, str]) -> None:
+        """Remember generations; a key already present keeps its first output."""
+        if not outputs:
+            return
+        now = utcnow()
+        try:
+            with self.engine.begin() as conn:
+                present = set(
+                    conn.execute(select(CACHE.c.key).where(CACHE.c.key.in_(set(outputs)))).scalars()
+                )
+                rows = [
+                    {"key": key, "output": text, "created_at": now}
+                    for key, text in outputs.items()
+                    if key not in present
+                ]
+                if rows:
+                    conn.execute(insert(CACHE), rows)
+        except IntegrityError:
+            pass  # another worker cached the same generation first: the cache is complete
 
     def record_corpus_metrics(
         self, run_id: str, method: str, scores: dict[str, float], *, n: int, scope: str

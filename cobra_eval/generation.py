@@ -1,0 +1,101 @@
+"""Producing generations for a batch: cache lookups first, per-sample failures isolated.
+
+Reusing generations: the same model, prompt, image and parameters give the same
+text. The cache key hashes the model identity, the full prompt, the image's bytes and the
+generation parameters, so a different model, prompt or parameter never hits.
+With ``--method all`` this lets scratchpad_compare's first two passes reuse the
+baseline and scratchpad generations of the same images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cobra_eval.backends import Backend, GenerationRequest
+from cobra_eval.config import GenerationParams, canonical_json
+from cobra_eval.errors import BackendError
+from cobra_eval.store import Store
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One request's outcome: text (or the exception it raised) and whether it came from cache."""
+
+    output: str | Exception
+    cached: bool
+
+
+class CachedGenerator:
+    """Generate through a backend, looking each request up in the store's cache first."""
+
+    def __init__(
+        self, backend: Backend, store: Store, model_identity: dict[str, Any], *, enabled: bool
+    ):
+        self.backend, self.store, self.enabled = backend, store, enabled
+        self.model_key = canonical_json(model_identity)
+        self._image_hashes: dict[Path, str] = {}
+        self.generated = 0
+        self.hits = 0
+
+    def key(self, request: GenerationRequest, params: GenerationParams) -> str | None:
+        """The cache key of a request, or None when its image cannot be read (it will fail)."""
+        digest = self._image_hashes.get(request.image_path)
+        if digest is None:
+            try:
+                digest = hashlib.sha256(request.image_path.read_bytes()).hexdigest()
+            except OSError:
+                return None
+            self._image_hashes[request.image_path] = digest
+            if len(self._image_hashes) > 4096:  # a run streams images: keep memory flat
+                self._image_hashes.pop(next(iter(self._image_hashes)))
+        material = [self.model_key, request.prompt, digest, canonical_json(params.model_dump())]
+        return hashlib.sha256("\0".join(material).encode("utf-8")).hexdigest()
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], params: GenerationParams
+    ) -> list[Generated]:
+        """Outputs for every request, from the cache where possible, the rest in one batch."""
+        keys = [self.key(r, params) if self.enabled else None for r in requests]
+        known = self.store.cached_outputs([k for k in keys if k]) if self.enabled else {}
+        out: list[Generated | None] = [
+            Generated(known[k], True) if k in known else None for k in keys
+        ]
+        missing = [i for i, item in enumerate(out) if item is None]
+        fresh = generate_isolated(self.backend, [requests[i] for i in missing], params)
+        new_cache: dict[str, str] = {}
+        for i, output in zip(missing, fresh, strict=True):
+            out[i] = Generated(output, False)
+            key = keys[i]
+            if key is not None and isinstance(output, str):
+                new_cache[key] = output
+        self.store.cache_outputs(new_cache)
+        self.generated += len(missing)
+        self.hits += len(requests) - len(missing)
+        return [item for item in out if item is not None]
+
+
+def generate_isolated(
+    backend: Backend, requests: Sequence[GenerationRequest], params: GenerationParams
+) -> list[str | Exception]:
+    """Generate a batch; if it raises, retry one by one so only the failing samples fail.
+
+    This is the one place where per-sample failures are caught: the error is
+    stored with its sample and the run goes on.
+    """
+    try:
+        outputs = backend.generate(requests, params)
+    except BackendError:
+        raise  # the model itself is unusable: no sample could succeed
+    except Exception as exc:  # any other failure is data for the sample(s) it hit
+        if len(requests) == 1:
+            return [exc]
+        return [generate_isolated(backend, [r], params)[0] for r in requests]
+    if len(outputs) != len(requests):
+        raise RuntimeError(
+            f"backend returned {len(outputs)} outputs for {len(requests)} requests (a backend bug)"
+        )
+    return list(outputs)
