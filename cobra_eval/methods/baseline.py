@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cobra_eval.methods.base import MethodOutput, ParsedOutput, PassOutput
-from cobra_eval.methods.parsing import first_sentence_line
+from cobra_eval.methods.parsing import first_line
 from cobra_eval.methods.prompts import merge_prompts
 from cobra_eval.methods.registry import register_method
 
@@ -33,8 +33,8 @@ class Baseline:
         return self.prompts["caption"]
 
     def parse(self, pass_name: str, raw: str) -> ParsedOutput:
-        """The first non-empty line is the caption."""
-        caption = first_sentence_line(raw)
+        """The first line that says something is the caption (a leading label removed)."""
+        caption = first_line(raw)
         return ParsedOutput(caption=caption, parse_status="ok" if caption else "empty")
 
     def finalize(self, passes: Sequence[PassOutput]) -> MethodOutput:

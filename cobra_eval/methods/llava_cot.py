@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cobra_eval.methods.base import MethodOutput, ParsedOutput, PassOutput
-from cobra_eval.methods.parsing import clean_caption, first_sentence_line
+from cobra_eval.methods.parsing import first_line, nonempty_lines, strip_label
 from cobra_eval.methods.prompts import merge_prompts
 from cobra_eval.methods.registry import register_method
 
@@ -28,6 +28,11 @@ FORMAT_INSTRUCTION = (
     "</REASONING> <CONCLUSION> [The final answer.] </CONCLUSION>"
 )
 _TAG = re.compile(r"<\s*(/?)\s*(SUMMARY|CAPTION|REASONING|CONCLUSION)\s*>", re.IGNORECASE)
+#: Stage names written as labels instead of tags ("**Conclusion:** ...", "CONCLUSION - ...").
+_STAGE_LABEL = re.compile(
+    r"^[\s*#]*(SUMMARY|CAPTION|REASONING|CONCLUSION)[\s*]*[:：\-–][\s*]*(.*)$",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 
 def build_prompt(
@@ -58,6 +63,49 @@ def split_stages(text: str) -> tuple[dict[str, str], list[str]]:
             problems.append(f"repeated_{name.lower()}")
         stages[name] = text[mark.end() : end].strip()
     return stages, problems
+
+
+def parse_stages(raw: str) -> ParsedOutput:
+    """Read a LLaVA-CoT answer; the caption is the conclusion.
+
+    Fallbacks, in order: unclosed or repeated tags still give their stage text
+    (status fallback:unclosed_conclusion, ...); stages written as labels
+    ("Conclusion: ...", fallback:labels); the <CAPTION> stage
+    (fallback:no_conclusion); the last line (fallback:no_tags); nothing (empty).
+    """
+    stages, problems = split_stages(raw)
+    labelled = False
+    if not stages:
+        stages = {m.group(1).upper(): m.group(2).strip() for m in _STAGE_LABEL.finditer(raw)}
+        labelled = bool(stages)
+    reasoning = "\n".join(f"{k}: {stages[k]}" for k in STAGES[:3] if stages.get(k))
+    details: dict[str, Any] = {"stages": stages}
+    conclusion = first_line(stages.get("CONCLUSION", ""))
+    if conclusion:
+        if labelled:
+            status = "fallback:labels"
+        else:
+            status = "fallback:" + ",".join(problems) if problems else "ok"
+        return ParsedOutput(
+            caption=conclusion, reasoning=reasoning, parse_status=status, details=details
+        )
+    described = first_line(stages.get("CAPTION", ""))
+    if described:
+        return ParsedOutput(
+            caption=described,
+            reasoning=reasoning,
+            parse_status="fallback:no_conclusion",
+            details=details,
+        )
+    lines = nonempty_lines(_TAG.sub("\n", raw))
+    if not lines:
+        return ParsedOutput(caption="", reasoning=reasoning, parse_status="empty", details=details)
+    return ParsedOutput(
+        caption=strip_label(lines[-1], any_label=True),
+        reasoning=reasoning or "\n".join(lines[:-1]),
+        parse_status="fallback:no_tags" if not stages else "fallback:no_conclusion",
+        details=details,
+    )
 
 
 @register_method("llava_cot")
@@ -93,31 +141,8 @@ class LlavaCot:
         return self._prompt()
 
     def parse(self, pass_name: str, raw: str) -> ParsedOutput:
-        """Caption from <CONCLUSION>; else from <CAPTION>; else the last line."""
-        stages, problems = split_stages(raw)
-        reasoning = "\n".join(f"{k}: {stages[k]}" for k in STAGES[:3] if stages.get(k))
-        details: dict[str, Any] = {"stages": stages}
-        conclusion = first_sentence_line(stages.get("CONCLUSION", ""))
-        if conclusion:
-            status = "ok" if not problems else "fallback:" + ",".join(problems)
-            return ParsedOutput(
-                caption=conclusion, reasoning=reasoning, parse_status=status, details=details
-            )
-        described = first_sentence_line(stages.get("CAPTION", ""))
-        if described:
-            return ParsedOutput(
-                caption=described,
-                reasoning=reasoning,
-                parse_status="fallback:no_conclusion",
-                details=details,
-            )
-        lines = [clean_caption(_TAG.sub(" ", line)) for line in raw.splitlines()]
-        lines = [line for line in lines if line]
-        if not lines:
-            return ParsedOutput(caption="", parse_status="empty", details=details)
-        return ParsedOutput(
-            caption=lines[-1], reasoning=reasoning, parse_status="fallback:no_tags", details=details
-        )
+        """Caption from <CONCLUSION>; see parse_stages for the fallbacks."""
+        return parse_stages(raw)
 
     def finalize(self, passes: Sequence[PassOutput]) -> MethodOutput:
         """Caption from the conclusion, the earlier stages as the reasoning trace."""

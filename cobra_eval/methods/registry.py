@@ -57,6 +57,8 @@ def resolve_methods(
     unknown = sorted(set(prompts or {}) - set(method_names()))
     if unknown:
         raise ConfigError(f"the prompts file names unknown method(s): {', '.join(unknown)}")
+    for name, overrides in (prompts or {}).items():
+        get_method(name, overrides, (options or {}).get(name))  # refuse a bad file up front
     return [
         get_method(name, (prompts or {}).get(name), (options or {}).get(name)) for name in names
     ]

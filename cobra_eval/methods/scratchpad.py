@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cobra_eval.methods.base import MethodOutput, ParsedOutput, PassOutput
-from cobra_eval.methods.parsing import clean_caption, first_sentence_line
+from cobra_eval.methods.parsing import first_line, nonempty_lines, strip_label
 from cobra_eval.methods.prompts import merge_prompts
 from cobra_eval.methods.registry import register_method
 
@@ -17,6 +18,41 @@ PROMPT = (
     f"and how they relate. Then write the final one-sentence caption on a line starting "
     f"with '{MARKER}'."
 )
+
+
+#: "Caption:" in any case, also as markdown ("**Caption:**") or a heading ("## Caption").
+MARKER_RE = re.compile(
+    r"(?:final\s+)?caption\s*\**\s*[:：]|^[ \t]*#+[ \t]*(?:final[ \t]+)?caption[ \t]*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def parse_after_marker(raw: str) -> ParsedOutput:
+    """Caption after the last marker that has text after it; the text before is the reasoning.
+
+    No marker: the last line (without a 'Label:') is the caption, status
+    fallback:no_marker. Only empty markers: status empty. A later marker with
+    nothing after it (cut off at max_new_tokens) falls back to an earlier one.
+    """
+    markers = list(MARKER_RE.finditer(raw))
+    for k, mark in enumerate(reversed(markers)):
+        caption = first_line(raw[mark.end() :])
+        if caption:
+            status = "ok" if k == 0 else "fallback:empty_last_marker"
+            return ParsedOutput(
+                caption=caption, reasoning=raw[: mark.start()].strip(), parse_status=status
+            )
+    if markers:
+        return ParsedOutput(caption="", reasoning=raw[: markers[0].start()].strip(),
+                            parse_status="empty")  # fmt: skip
+    lines = nonempty_lines(raw)
+    if not lines:
+        return ParsedOutput(caption="", parse_status="empty")
+    return ParsedOutput(
+        caption=strip_label(lines[-1], any_label=True),
+        reasoning="\n".join(lines[:-1]),
+        parse_status="fallback:no_marker",
+    )
 
 
 @register_method("scratchpad")
@@ -38,23 +74,8 @@ class Scratchpad:
         return self.prompts["scratchpad"]
 
     def parse(self, pass_name: str, raw: str) -> ParsedOutput:
-        """Caption after the last marker (case-insensitive); else the last line as a fallback."""
-        lower = raw.lower()
-        at = lower.rfind(MARKER.lower())
-        if at >= 0:
-            caption = first_sentence_line(raw[at + len(MARKER) :])
-            reasoning = raw[:at].strip()
-            if caption:
-                return ParsedOutput(caption=caption, reasoning=reasoning)
-            return ParsedOutput(caption="", reasoning=reasoning, parse_status="empty")
-        lines = [clean_caption(line) for line in raw.splitlines() if clean_caption(line)]
-        if not lines:
-            return ParsedOutput(caption="", parse_status="empty")
-        return ParsedOutput(
-            caption=lines[-1],
-            reasoning="\n".join(lines[:-1]),
-            parse_status="fallback:no_marker",
-        )
+        """Caption after the last marker; see parse_after_marker."""
+        return parse_after_marker(raw)
 
     def finalize(self, passes: Sequence[PassOutput]) -> MethodOutput:
         """The single pass gives caption and scratchpad."""

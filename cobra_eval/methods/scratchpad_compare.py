@@ -68,16 +68,43 @@ class ScratchpadCompare:
         return self._scratch.parse(pass_name, raw)
 
     def finalize(self, passes: Sequence[PassOutput]) -> MethodOutput:
-        """The refinement is the caption; metadata compares the passes."""
+        """The refinement is the caption (an empty one falls back to pass 2, then pass 1)."""
         by_name = {p.name: p for p in passes}
-        final = passes[-1]
         captions = {p.name: p.caption for p in passes}
+        final = by_name.get("refine")
+        status = final.parse_status if final else "fallback:no_refine"
+        caption = final.caption if final else ""
+        for fallback in ("scratchpad", "direct"):
+            if not caption and captions.get(fallback):
+                caption, status = captions[fallback], f"fallback:refine_empty_used_{fallback}"
         return MethodOutput(
-            generated_caption=final.caption,
+            generated_caption=caption,
             reasoning_trace=by_name["scratchpad"].reasoning if "scratchpad" in by_name else "",
             metadata={
-                "parse_status": final.parse_status,
+                "parse_status": status,
                 "pass_captions": captions,
                 "refine_changed_draft": captions.get("refine") != captions.get("direct"),
+                "pass_comparison": compare_passes(passes),
             },
         )
+
+
+def compare_passes(passes: Sequence[PassOutput]) -> dict[str, Any]:
+    """Per metric the best pass and every pass's difference from the direct caption's score.
+
+    Empty while the passes carry no metrics (no per-sample metrics were computed).
+    """
+    names = sorted({m for p in passes for m, v in p.metrics.items() if v is not None})
+    best: dict[str, str] = {}
+    deltas: dict[str, dict[str, float]] = {}
+    for metric in names:
+        scored: list[tuple[str, float]] = []
+        for p in passes:
+            value = p.metrics.get(metric)
+            if value is not None:
+                scored.append((p.name, float(value)))
+        best[metric] = max(scored, key=lambda item: item[1])[0]  # first pass wins a tie
+        base = next((v for n, v in scored if n == "direct"), None)
+        if base is not None:
+            deltas[metric] = {n: v - base for n, v in scored if n != "direct"}
+    return {"best_pass": best, "delta_vs_direct": deltas} if names else {}

@@ -1,0 +1,121 @@
+"""The four methods on the demo, the generation cache, and prompt templates as data."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from tests.conftest import World, run_cli_process
+
+GEN_LINE = re.compile(
+    r"^  (\S+): (\d+) generations this run \((\d+) by the model, (\d+) from cache\)", re.M
+)
+
+
+def generation_counts(output: str) -> dict[str, tuple[int, int, int]]:
+    return {m[1]: (int(m[2]), int(m[3]), int(m[4])) for m in GEN_LINE.finditer(output)}
+
+
+def test_method_all_on_the_demo_reuses_generations(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    done = run_cli_process(
+        "--method", "all", "--num_samples", "20", "--metrics", "none", "--output_dir", str(out),
+        timeout=600, COBRA_EVAL_CACHE=str(tmp_path / "cache"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    import sqlite3
+
+    con = sqlite3.connect(out / "cobra_eval.db")
+    per_method = dict(con.execute("SELECT method, COUNT(*) FROM sample_result GROUP BY method"))
+    assert per_method == {"baseline": 20, "scratchpad": 20, "llava_cot": 20,
+                          "scratchpad_compare": 20}  # fmt: skip
+    passes = con.execute(
+        "SELECT COUNT(p.id) FROM sample_result r JOIN sample_pass p ON p.result_id = r.id "
+        "WHERE r.method = 'scratchpad_compare' GROUP BY r.id"
+    ).fetchall()
+    assert passes == [(3,)] * 20
+    counts = generation_counts(done.stdout)
+    naive = sum(total for total, _, _ in counts.values())
+    by_model = sum(model for _, model, _ in counts.values())
+    assert naive == 20 * (1 + 1 + 1 + 3)
+    assert by_model < naive
+    # the direct and scratchpad passes of scratchpad_compare come from baseline and scratchpad
+    assert counts["scratchpad_compare"] == (60, 20, 40)
+    hits = con.execute(
+        "SELECT p.name, COUNT(*) FROM sample_result r JOIN sample_pass p ON p.result_id = r.id "
+        "WHERE r.method = 'scratchpad_compare' AND json_extract(r.metadata, '$.passes[' || "
+        "p.pass_index || '].cached') GROUP BY p.name ORDER BY p.name"
+    ).fetchall()
+    assert hits == [("direct", 20), ("scratchpad", 20)]
+
+
+def test_a_rerun_hits_the_cache_and_no_cache_does_not(world: World, cli) -> None:
+    first = cli(*world.run_args("--num_samples", "5", "--method", "scratchpad"))
+    assert generation_counts(first.output)["scratchpad"] == (5, 5, 0)
+    again = cli(*world.run_args("--num_samples", "5", "--method", "scratchpad", "--fresh"))
+    assert generation_counts(again.output)["scratchpad"] == (5, 0, 5)
+    assert again.output.count("samples (Cached)...") == 5
+    forced = cli(*world.run_args("--num_samples", "5", "--method", "scratchpad", "--fresh",
+                                 "--no_cache"))  # fmt: skip
+    assert generation_counts(forced.output)["scratchpad"] == (5, 5, 0)
+    assert "(Cached)" not in forced.output
+
+
+def test_another_model_prompt_or_parameter_never_hits(world: World, cli, tmp_path: Path) -> None:
+    assert cli(*world.run_args("--num_samples", "4")).exit_code == 0
+    for extra in (["--max_new_tokens", "64"], ["--seed", "1"], ["--model", "echo-v2"]):
+        result = cli(*world.run_args("--num_samples", "4", *extra))
+        assert result.exit_code == 0, result.output
+        assert generation_counts(result.output)["baseline"] == (4, 4, 0), extra
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"baseline": {"caption": "Write a very short caption."}}))
+    result = cli(*world.run_args("--num_samples", "4", "--prompts", str(prompts)))
+    assert generation_counts(result.output)["baseline"] == (4, 4, 0)
+    raw = world.rows(
+        "SELECT DISTINCT p.prompt FROM sample_pass p JOIN sample_result r ON r.id = p.result_id "
+        "JOIN run_method m ON m.run_id = r.run_id AND m.method = r.method "
+        "WHERE json_extract(m.config, '$.prompts.caption') = 'Write a very short caption.'"
+    )
+    assert raw == [("Write a very short caption.",)]
+
+
+def test_prompts_file_changes_the_fingerprint_and_methods_show(
+    world: World, cli, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(
+        json.dumps({"scratchpad_compare": {"refine": "Fix {draft} using {scratchpad}."}})
+    )
+    shown = cli("methods", "--show", "--prompts", str(prompts))
+    assert shown.exit_code == 0
+    assert "  [refine]\n    Fix {draft} using {scratchpad}.\n" in shown.output
+    default = cli("methods")
+    line = re.compile(r"^scratchpad_compare: .*config hash (\w+)$", re.M)
+    assert line.search(default.output)[1] != line.search(shown.output)[1]
+    assert (
+        "scratchpad_compare: passes direct, scratchpad, refine; prompts version 1" in default.output
+    )
+    cli(*world.run_args("--num_samples", "2", "--method", "scratchpad_compare", "--run_id", "r"))
+    result = cli(*world.run_args("--num_samples", "2", "--method", "scratchpad_compare",
+                                 "--run_id", "r", "--prompts", str(prompts)))  # fmt: skip
+    assert result.exit_code == 1
+    assert "method.prompts.refine:" in result.output
+
+
+def test_bad_prompts_files_are_clear_errors(world: World, cli, tmp_path: Path) -> None:
+    cases = {
+        "not json": "not valid JSON",
+        json.dumps(["x"]): "expected an object of methods",
+        json.dumps({"baseline": {"title": "x"}}): "prompts for baseline: unknown template 'title'",
+        json.dumps({"nomethod": {"a": "b"}}): "names unknown method(s): nomethod",
+        json.dumps({"scratchpad_compare": {"refine": "x"}}): "must contain {draft}, {scratchpad}",
+        json.dumps({"baseline": {"caption": "  "}}): "template 'caption' is empty",
+    }  # fmt: skip
+    for text, message in cases.items():
+        path = tmp_path / "p.json"
+        path.write_text(text)
+        result = cli(*world.run_args("--num_samples", "2", "--prompts", str(path)))
+        assert result.exit_code == 1, text
+        assert message in result.output, (text, result.output)
+    assert not world.db.exists()
