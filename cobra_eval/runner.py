@@ -21,6 +21,7 @@ from cobra_eval.methods import Method, PassOutput, resolve_methods
 from cobra_eval.methods.prompts import load_prompts_file
 from cobra_eval.metrics import METRIC_GROUPS, CorpusScores, score_corpus
 from cobra_eval.metrics.corpus import spice_unavailable_reason
+from cobra_eval.metrics.per_sample import SampleScorer
 from cobra_eval.progress import Reporter, SilentReporter
 from cobra_eval.resume import resolve_run
 from cobra_eval.store import Store, resolve_url
@@ -100,10 +101,17 @@ def run_evaluation(
         run, resumed = resolve_run(store, settings, run_cfg, method_cfgs, reporter)
         store.ensure_plan(run.id, [s.image_id for s in selected])
         generator = CachedGenerator(backend, store, run_cfg["model"], enabled=settings.cache)
+        # CIDEr-D's document frequencies come from the planned samples' references
+        scorer = SampleScorer({s.image_id: s.references for s in selected}, settings.metrics)
         summaries = []
-        for method in methods:
-            loop = _MethodLoop(store, run.id, method, selected, settings, generator, reporter)
-            summaries.append(loop.run(method_cfgs[method.name], resumed))
+        try:
+            for method in methods:
+                loop = _MethodLoop(
+                    store, run.id, method, selected, settings, generator, scorer, reporter
+                )
+                summaries.append(loop.run(method_cfgs[method.name], resumed))
+        finally:
+            scorer.close()
         if all(s.processed >= s.total for s in summaries):
             store.set_run_status(run.id, "finished")
         return RunSummary(run.id, store.display, summaries)
@@ -118,12 +126,14 @@ class _MethodLoop:
         selected: Sequence[Sample],
         settings: RunSettings,
         generator: CachedGenerator,
+        scorer: SampleScorer,
         reporter: Reporter,
     ):
         self.store, self.run_id, self.method = store, run_id, method
         self.samples = {s.image_id: s for s in selected}
         self.total = len(selected)
         self.settings, self.generator, self.reporter = settings, generator, reporter
+        self.scorer = scorer
         self.worker = worker_identity()
 
     def run(self, method_cfg: dict[str, Any], resumed: bool) -> MethodSummary:
@@ -263,6 +273,36 @@ class _MethodLoop:
                 out.unavailable["spice"] = reason
         return out
 
+    def _score_passes(
+        self, batch: Sequence[Sample], passes: list[list[PassOutput]], errors: dict[int, str]
+    ) -> None:
+        """Per-pass metrics for every sample that succeeded, in one tokenizer call."""
+        items = [
+            (batch[k].image_id, p.caption)
+            for k in range(len(batch))
+            if k not in errors
+            for p in passes[k]
+            if p.caption
+        ]
+        scores = iter(self.scorer.score(items))
+        for k in range(len(batch)):
+            if k in errors:
+                continue
+            for p in passes[k]:
+                if p.caption:
+                    p.metrics = dict(next(scores))
+
+    def _final_metrics(
+        self, image_id: int, caption: str, passes: Sequence[PassOutput]
+    ) -> dict[str, float | None]:
+        """The final caption's metrics: those of the pass it came from, else scored now."""
+        if not caption:
+            return {}
+        for p in reversed(passes):
+            if p.caption == caption and p.metrics:
+                return dict(p.metrics)
+        return dict(self.scorer.score([(image_id, caption)])[0])
+
     def _generate(self, batch: Sequence[Sample]) -> list[tuple[ResultRecord, float]]:
         """Run every pass of the method over a batch; one result per sample."""
         started = time.perf_counter()
@@ -300,6 +340,7 @@ class _MethodLoop:
                         cached=generated.cached,
                     )
                 )
+        self._score_passes(batch, passes, errors)
         latency = (time.perf_counter() - started) / max(len(batch), 1)
         out = []
         for k, sample in enumerate(batch):
@@ -315,17 +356,18 @@ class _MethodLoop:
                 )
             else:
                 final = self.method.finalize(passes[k])
+                caption = final.generated_caption
                 record = ResultRecord(
                     image_id=sample.image_id,
                     reference_captions=list(sample.references),
                     generated_caption=final.generated_caption,
                     reasoning_trace=final.reasoning_trace,
+                    metrics=self._final_metrics(sample.image_id, caption, passes[k]),
                     metadata={
                         **final.metadata,
                         "cached": all(p.cached for p in passes[k]),
                         "passes": done,
                     },
-                    metrics={},
                 )
             out.append((record, latency))
         return out

@@ -95,8 +95,16 @@ def ptb_tokenize(captions: Mapping[Any, Sequence[str]]) -> dict[Any, list[str]]:
     jar = _pycoco_dir() / "tokenizer" / "stanford-corenlp-3.4.1.jar"
     keys = [key for key, texts in captions.items() for _ in texts]
     lines = [sanitize(text) for texts in captions.values() for text in texts]
+    # an empty line may vanish in the tokenizer's output and shift every later caption:
+    # only non-empty lines go to Java, empty ones tokenize to ""
+    sent = [k for k, line in enumerate(lines) if line]
+    result: dict[Any, list[str]] = {key: [] for key in captions}
+    if not sent:
+        for key in keys:
+            result[key].append("")
+        return result
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as tmp:
-        tmp.write("\n".join(lines))
+        tmp.write("\n".join(lines[k] for k in sent))
     try:
         done = subprocess.run(
             ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer",
@@ -105,10 +113,14 @@ def ptb_tokenize(captions: Mapping[Any, Sequence[str]]) -> dict[Any, list[str]]:
         )  # fmt: skip
     finally:
         os.unlink(tmp.name)
-    out_lines = done.stdout.decode("utf-8").split("\n")
-    result: dict[Any, list[str]] = {key: [] for key in captions}
-    for key, line in zip(keys, out_lines, strict=False):
-        result[key].append(" ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS))
+    out_lines = done.stdout.decode("utf-8").rstrip("\n").split("\n")
+    if len(out_lines) != len(sent):
+        raise ValueError(f"PTB tokenizer returned {len(out_lines)} lines for {len(sent)} captions")
+    tokenized = [""] * len(lines)
+    for k, line in zip(sent, out_lines, strict=True):
+        tokenized[k] = " ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS)
+    for key, text in zip(keys, tokenized, strict=True):
+        result[key].append(text)
     return result
 
 

@@ -1,0 +1,125 @@
+"""Per-sample scores as samples land equal pycocoevalcap's batch evaluation, on real COCO captions.
+
+References come from the real captions_val2014.json inside pycocoevalcap's SPICE jar
+(offline). Candidates are another reference of the same image (held out of its
+references) or, for every third image, a reference of a different image.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from cobra_eval.metrics.corpus import _pycoco_dir, score_corpus
+from cobra_eval.metrics.per_sample import SampleScorer
+
+N_IMAGES = 1000
+
+
+@pytest.fixture(scope="module")
+def coco() -> tuple[dict[int, str], dict[int, list[str]]]:
+    jar = _pycoco_dir() / "spice" / "spice-1.0.jar"
+    with zipfile.ZipFile(jar) as archive:
+        data = json.loads(archive.read("coco/annotations/captions_val2014.json"))
+    captions: dict[int, list[str]] = defaultdict(list)
+    for ann in sorted(data["annotations"], key=lambda a: a["id"]):
+        captions[ann["image_id"]].append(ann["caption"])
+    ids = sorted(captions)[:N_IMAGES]
+    candidates, references = {}, {}
+    for k, image_id in enumerate(ids):
+        refs = captions[image_id]
+        references[image_id] = refs[1:]
+        other = ids[(k + 7) % len(ids)]
+        candidates[image_id] = captions[other][0] if k % 3 == 2 else refs[0]
+    return candidates, references
+
+
+def official(candidates: dict[int, str], references: dict[int, list[str]], meteor: bool) -> dict:
+    """pycocoevalcap's own pipeline: its PTBTokenizer, its scorers, per image and corpus."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tok = PTBTokenizer()
+    gts = tok.tokenize({i: [{"caption": c} for c in refs] for i, refs in references.items()})
+    res = tok.tokenize({i: [{"caption": c}] for i, c in candidates.items()})
+    ids = list(gts)
+    out: dict = {"ids": ids}
+    bleu, bleus = Bleu(4).compute_score(gts, res, verbose=0)
+    for n in range(4):
+        out[f"Bleu_{n + 1}"] = (bleu[n], bleus[n])
+    out["ROUGE_L"] = Rouge().compute_score(gts, res)
+    out["CIDEr"] = Cider().compute_score(gts, res)
+    if meteor:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        scorer = Meteor()
+        try:
+            out["METEOR"] = scorer.compute_score(gts, res)
+        finally:
+            scorer.meteor_p.kill()
+            scorer.meteor_p.wait()
+    return out
+
+
+@pytest.mark.slow
+def test_incremental_and_corpus_scores_equal_pycocoevalcap(coco) -> None:
+    candidates, references = coco
+    truth = official(candidates, references, meteor=True)
+    scorer = SampleScorer(references, ("bleu", "meteor", "rouge", "cider"))
+    try:
+        # as a run commits them: one small batch at a time
+        items = list(candidates.items())
+        ours = []
+        for start in range(0, len(items), 50):
+            ours += scorer.score(items[start : start + 50])
+    finally:
+        scorer.close()
+    keys = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"]
+    for key in keys:
+        per_image = list(truth[key][1])
+        assert len(per_image) == len(ours) == N_IMAGES
+        worst = max(abs(a[key] - b) for a, b in zip(ours, per_image, strict=True))
+        assert worst <= 1e-9, (key, worst)
+    corpus = score_corpus(candidates, references, ("bleu", "meteor", "rouge", "cider"))
+    for key in keys:
+        assert corpus.scores[key] == pytest.approx(float(truth[key][0]), abs=1e-9), key
+    # the comparison can fail: mismatched captions really score lower
+    mismatched = [ours[k]["CIDEr"] for k in range(N_IMAGES) if k % 3 == 2]
+    matched = [ours[k]["CIDEr"] for k in range(N_IMAGES) if k % 3 != 2]
+    assert sum(mismatched) / len(mismatched) < sum(matched) / len(matched) / 3
+
+
+def test_hazardous_captions_never_shift_scores(tmp_path: Path) -> None:
+    references = {
+        1: ["a dog on a beach", "a brown dog running"],
+        2: ["a red bus", "a bus"],
+        3: ["two cats", "a pair of cats"],
+        4: ["a kite in the sky", "a kite"],
+    }
+    clean = {1: "a dog on a beach", 2: "a red bus", 3: "two cats", 4: "a kite in the sky"}
+    hazards = {
+        1: "a dog\non a\r\nbeach",
+        2: "a red\u2028bus",
+        3: "two\x0bcats\x0c",
+        4: "a kite ||| in the sky",
+    }
+    scorer = SampleScorer(references, ("bleu", "meteor", "rouge", "cider"))
+    try:
+        assert scorer.score(list(hazards.items())) == scorer.score(list(clean.items()))
+        # an empty caption between others shifts nothing either
+        mixed = scorer.score([(1, clean[1]), (2, ""), (3, clean[3])])
+        assert mixed[0] == scorer.score([(1, clean[1])])[0]
+        assert mixed[2] == scorer.score([(3, clean[3])])[0]
+    finally:
+        scorer.close()
+    bad_refs = {i: [r.replace(" ", "\n", 1) for r in refs] for i, refs in references.items()}
+    assert (
+        score_corpus(clean, bad_refs, ("cider",)).scores
+        == score_corpus(clean, references, ("cider",)).scores
+    )
