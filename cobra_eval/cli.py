@@ -21,6 +21,7 @@ Other commands (each takes --db; see COMMAND --help):
   methods   list methods, passes and prompt templates (--show)
   runs      list runs with per-method progress
   export    write a run's results as checkpoint-shaped JSON
+  score     rescore a results file or a stored run without the model
   import    load a checkpoint/results JSON into the database
   db        upgrade | current: the database schema
 """
@@ -345,6 +346,104 @@ def methods_command(show: bool, prompts: Path | None) -> None:
                     click.echo(f"    {line}")
 
 
+@main.command("score")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.option("--run", "run_id", metavar="RUN", help="Rescore a stored run instead of a file.")
+@flag("method", help="With --run: the method to rescore (needed when the run has several).")
+@flag(
+    "metrics",
+    default="bleu,meteor,rouge,cider,spice",
+    show_default=True,
+    help="Metric groups: a comma list of bleu, meteor, rouge, cider, spice; or 'all'.",
+)
+@flag("per_sample", is_flag=True, help="Also print every sample's scores.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@db_options
+def score_command(
+    file: Path | None,
+    run_id: str | None,
+    method: str | None,
+    metrics: str,
+    per_sample: bool,
+    fmt: str,
+    db: str | None,
+    output_dir: Path,
+) -> None:
+    """Score results again without the model: a checkpoint/results FILE, or a stored --run.
+
+    With --run, the stored sample metrics and the corpus metrics (scope 'rescore')
+    are updated in the database.
+    """
+    from cobra_eval.metrics import parse_metric_list
+    from cobra_eval.metrics.rescore import rescore
+    from cobra_eval.store import Store, resolve_url
+    from cobra_eval.store.checkpoint_io import read_checkpoint
+
+    with _errors():
+        groups = parse_metric_list(metrics)
+        if (file is None) == (run_id is None):
+            raise CobraEvalError("give either a results FILE or --run RUN (not both)")
+        if file is not None:
+            doc = read_checkpoint(file)
+            label, results = doc.meta.method, doc.results
+            scored = rescore(results, groups)
+        else:
+            assert run_id is not None
+            with Store.open(resolve_url(db, output_dir), create=False) as store:
+                label = _only_method(store, run_id, method)
+                results = list(store.results(run_id, label))
+                scored = rescore(results, groups)
+                store.replace_sample_metrics(run_id, label, scored.per_sample)
+                store.record_corpus_metrics(
+                    run_id, label, scored.corpus.scores, n=scored.corpus.n, scope="rescore"
+                )
+    if fmt == "json":
+        payload: dict[str, Any] = {
+            "method": label,
+            "n": scored.corpus.n,
+            "corpus": scored.corpus.scores,
+            "unavailable": scored.corpus.unavailable,
+        }
+        if per_sample:
+            payload["per_sample"] = {str(k): v for k, v in scored.per_sample.items()}
+        click.echo(json.dumps(payload, indent=2))
+        return
+    from types import SimpleNamespace
+
+    summary = SimpleNamespace(methods=[SimpleNamespace(method=label, corpus=scored.corpus)])
+    for line in metrics_table(summary):
+        click.echo(line)
+    if per_sample:
+        names = list(scored.corpus.scores)
+        click.echo("image_id  " + "  ".join(f"{n:>8}" for n in names))
+        for image_id, values in scored.per_sample.items():
+            cells = "  ".join(f"{values[n]:>8.3f}" if n in values else f"{'-':>8}" for n in names)
+            click.echo(f"{image_id:<8}  {cells}")
+
+
+def _only_method(store: Any, run_id: str, method: str | None) -> str:
+    """The method of a run to act on: the one given, or the run's only one."""
+    if store.get_run(run_id) is None:
+        raise CobraEvalError(f"no run {run_id!r} in {store.display} (see `runs`)")
+    methods = [p.method for p in store.method_progress(run_id)]
+    if method is None:
+        if len(methods) != 1:
+            raise CobraEvalError(
+                f"run {run_id} has methods {', '.join(methods)}; choose one with --method"
+            )
+        return methods[0]
+    if method not in methods:
+        raise CobraEvalError(f"run {run_id} has no method {method!r} (it has {', '.join(methods)})")
+    return method
+
+
 @main.command("runs")
 @db_options
 @click.option(
@@ -425,19 +524,7 @@ def export_command(
     from cobra_eval.store.snapshots import build_document
 
     with _errors(), Store.open(resolve_url(db, output_dir), create=False) as store:
-        if store.get_run(run_id) is None:
-            raise CobraEvalError(f"no run {run_id!r} in {store.display} (see `runs`)")
-        methods = [p.method for p in store.method_progress(run_id)]
-        if method is None:
-            if len(methods) != 1:
-                raise CobraEvalError(
-                    f"run {run_id} has methods {', '.join(methods)}; choose one with --method"
-                )
-            method = methods[0]
-        if method not in methods:
-            raise CobraEvalError(
-                f"run {run_id} has no method {method!r} (it has {', '.join(methods)})"
-            )
+        method = _only_method(store, run_id, method)
         doc = build_document(store, run_id, method, is_checkpoint=False, when=datetime.now())
     data = dumps(doc)
     if output is None:

@@ -104,3 +104,39 @@ def test_resuming_a_finished_run_reuses_its_scores_and_extending_rescores(
                                "--resume_from_checkpoint"))  # fmt: skip
     assert more.exit_code == 0
     assert world.rows("SELECT DISTINCT n_samples FROM corpus_metric ORDER BY 1") == [(6,), (9,)]
+
+
+def test_score_rescores_a_file_and_a_stored_run(world: World, cli) -> None:
+    import json
+
+    run = cli(*world.run_args("--num_samples", "6", "--metrics", "bleu,cider", "--run_id", "s"))
+    assert run.exit_code == 0, run.output
+    stored = dict(world.rows("SELECT image_id, metrics FROM sample_result"))
+    (run_cider,) = world.rows("SELECT value FROM corpus_metric WHERE metric = 'CIDEr'")[0]
+    final = world.out / "s" / "baseline" / "results_baseline.json"
+    result = cli("score", str(final), "--metrics", "bleu,cider", "--per_sample", "--format", "json")
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.output)
+    assert scored["n"] == 6 and scored["method"] == "baseline"
+    assert scored["corpus"]["CIDEr"] == pytest.approx(run_cider, abs=1e-12)
+    # a finished run's per-sample scores are the batch scores of its planned set
+    for image_id, metrics in scored["per_sample"].items():
+        assert metrics == pytest.approx(json.loads(stored[int(image_id)]), abs=1e-12)
+    assert world.rows("SELECT COUNT(*) FROM corpus_metric WHERE scope = 'rescore'") == [(0,)]
+    again = cli("score", "--run", "s", "--output_dir", str(world.out), "--metrics", "rouge")
+    assert again.exit_code == 0, again.output
+    assert "ROUGE_L" in again.output
+    assert world.rows("SELECT metric FROM corpus_metric WHERE scope = 'rescore'") == [("ROUGE_L",)]
+    metrics = [json.loads(m) for (m,) in world.rows("SELECT metrics FROM sample_result")]
+    assert all(set(m) == {"ROUGE_L"} for m in metrics)
+    names = world.rows("SELECT DISTINCT name FROM metric_value WHERE pass_id IS NULL")
+    assert names == [("ROUGE_L",)]
+
+
+def test_score_needs_exactly_one_source(world: World, cli, tmp_path) -> None:
+    neither = cli("score")
+    assert neither.exit_code == 1 and "give either a results FILE or --run RUN" in neither.output
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    result = cli("score", str(bad))
+    assert result.exit_code == 1 and "not valid JSON" in result.output

@@ -445,6 +445,31 @@ class Store:
         except IntegrityError:
             pass  # another worker cached the same generation first: the cache is complete
 
+    def replace_sample_metrics(
+        self, run_id: str, method: str, per_sample: dict[int, dict[str, float]]
+    ) -> int:
+        """Set these results' sample-level metrics (pass metrics stay); returns rows changed."""
+        changed = 0
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(RESULT.c.id, RESULT.c.image_id).where(
+                    RESULT.c.run_id == run_id, RESULT.c.method == method
+                )
+            ).all()
+            for row in rows:
+                values = per_sample.get(row.image_id)
+                if values is None:
+                    continue
+                conn.execute(update(RESULT).where(RESULT.c.id == row.id).values(metrics=values))
+                conn.execute(
+                    delete(METRIC).where(METRIC.c.result_id == row.id, METRIC.c.pass_id.is_(None))
+                )
+                new_rows = _metric_rows(row.id, None, values)
+                if new_rows:
+                    conn.execute(insert(METRIC), new_rows)
+                changed += 1
+        return changed
+
     def record_corpus_metrics(
         self, run_id: str, method: str, scores: dict[str, float], *, n: int, scope: str
     ) -> None:
