@@ -50,6 +50,7 @@ demo-model: $(STAMP)
 ## measured benchmarks (figures for the README's table)
 bench: $(STAMP)
 	$(PY) -m benchmarks.generation_throughput
+	$(PY) -m benchmarks.metric_cost
 
 clean:
 	rm -rf build dist $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache
