@@ -123,3 +123,18 @@ def test_hazardous_captions_never_shift_scores(tmp_path: Path) -> None:
         score_corpus(clean, bad_refs, ("cider",)).scores
         == score_corpus(clean, references, ("cider",)).scores
     )
+
+
+def test_separators_in_references_and_the_tokenizer_temp_location() -> None:
+    tokenizer_dir = _pycoco_dir() / "tokenizer"
+    before = sorted(p.name for p in tokenizer_dir.iterdir())
+    clean = {1: ["a dog on a beach", "a dog running"], 2: ["a red bus", "a bus on a road"]}
+    split = {1: ["a dog ||| on a beach", "a dog running"], 2: ["a red bus", "a bus|||on a road"]}
+    candidates = {1: "a dog on the beach", 2: "a red bus on a road"}
+    groups = ("bleu", "meteor", "rouge", "cider")
+    assert (
+        score_corpus(candidates, split, groups).scores
+        == score_corpus(candidates, clean, groups).scores
+    )
+    # pycocoevalcap's tokenizer writes into site-packages; ours never does
+    assert sorted(p.name for p in tokenizer_dir.iterdir()) == before
