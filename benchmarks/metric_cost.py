@@ -12,25 +12,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-import zipfile
-from collections import defaultdict
 
-from cobra_eval.metrics.corpus import _pycoco_dir, score_corpus
+from cobra_eval.metrics.corpus import real_coco_captions, score_corpus
 from cobra_eval.metrics.per_sample import SampleScorer
 
 GROUPS = ("bleu", "rouge", "cider")
 
 
 def coco(n: int) -> tuple[dict[int, str], dict[int, list[str]]]:
-    jar = _pycoco_dir() / "spice" / "spice-1.0.jar"
-    with zipfile.ZipFile(jar) as archive:
-        data = json.loads(archive.read("coco/annotations/captions_val2014.json"))
-    captions: dict[int, list[str]] = defaultdict(list)
-    for ann in sorted(data["annotations"], key=lambda a: a["id"]):
-        captions[ann["image_id"]].append(ann["caption"])
+    captions = real_coco_captions()
     ids = sorted(captions)[:n]
     return {i: captions[i][0] for i in ids}, {i: captions[i][1:] for i in ids}
 

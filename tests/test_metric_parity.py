@@ -7,14 +7,11 @@ references) or, for every third image, a reference of a different image.
 
 from __future__ import annotations
 
-import json
-import zipfile
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from cobra_eval.metrics.corpus import _pycoco_dir, score_corpus
+from cobra_eval.metrics.corpus import pycocoevalcap_dir, real_coco_captions, score_corpus
 from cobra_eval.metrics.per_sample import SampleScorer
 
 N_IMAGES = 1000
@@ -22,12 +19,7 @@ N_IMAGES = 1000
 
 @pytest.fixture(scope="module")
 def coco() -> tuple[dict[int, str], dict[int, list[str]]]:
-    jar = _pycoco_dir() / "spice" / "spice-1.0.jar"
-    with zipfile.ZipFile(jar) as archive:
-        data = json.loads(archive.read("coco/annotations/captions_val2014.json"))
-    captions: dict[int, list[str]] = defaultdict(list)
-    for ann in sorted(data["annotations"], key=lambda a: a["id"]):
-        captions[ann["image_id"]].append(ann["caption"])
+    captions = real_coco_captions()
     ids = sorted(captions)[:N_IMAGES]
     candidates, references = {}, {}
     for k, image_id in enumerate(ids):
@@ -126,7 +118,7 @@ def test_hazardous_captions_never_shift_scores(tmp_path: Path) -> None:
 
 
 def test_separators_in_references_and_the_tokenizer_temp_location() -> None:
-    tokenizer_dir = _pycoco_dir() / "tokenizer"
+    tokenizer_dir = pycocoevalcap_dir() / "tokenizer"
     before = sorted(p.name for p in tokenizer_dir.iterdir())
     clean = {1: ["a dog on a beach", "a dog running"], 2: ["a red bus", "a bus on a road"]}
     split = {1: ["a dog ||| on a beach", "a dog running"], 2: ["a red bus", "a bus|||on a road"]}

@@ -67,16 +67,35 @@ def sanitize(text: str) -> str:
     return " ".join(_BREAKS.sub(" ", text).replace("|||", " ").split())
 
 
-def _pycoco_dir() -> Path:
+def pycocoevalcap_dir() -> Path:
     # a namespace package (no __init__), so locate it through one of its modules
     from pycocoevalcap.bleu import bleu
 
     return Path(bleu.__file__).resolve().parent.parent
 
 
+def real_coco_captions(split: str = "val2014") -> dict[int, list[str]]:
+    """The real COCO captions (image id -> captions, in annotation order) from the SPICE jar.
+
+    pycocoevalcap ships captions_val2014.json and captions_train2014.json inside
+    spice-1.0.jar, so tests and benchmarks have real references offline.
+    """
+    import json
+    import zipfile
+    from collections import defaultdict
+
+    jar = pycocoevalcap_dir() / "spice" / "spice-1.0.jar"
+    with zipfile.ZipFile(jar) as archive:
+        data = json.loads(archive.read(f"coco/annotations/captions_{split}.json"))
+    captions: dict[int, list[str]] = defaultdict(list)
+    for ann in sorted(data["annotations"], key=lambda a: a["id"]):
+        captions[int(ann["image_id"])].append(str(ann["caption"]))
+    return dict(captions)
+
+
 def spice_unavailable_reason() -> str | None:
     """Why SPICE cannot run here, or None when its Stanford CoreNLP models are present."""
-    lib = _pycoco_dir() / "spice" / "lib"
+    lib = pycocoevalcap_dir() / "spice" / "lib"
     missing = [
         name
         for name in ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
@@ -92,7 +111,7 @@ def spice_unavailable_reason() -> str | None:
 
 def ptb_tokenize(captions: Mapping[Any, Sequence[str]]) -> dict[Any, list[str]]:
     """The official PTB tokenization (Stanford CoreNLP 3.4.1), lower-cased, punctuation removed."""
-    jar = _pycoco_dir() / "tokenizer" / "stanford-corenlp-3.4.1.jar"
+    jar = pycocoevalcap_dir() / "tokenizer" / "stanford-corenlp-3.4.1.jar"
     keys = [key for key, texts in captions.items() for _ in texts]
     lines = [sanitize(text) for texts in captions.values() for text in texts]
     # an empty line may vanish in the tokenizer's output and shift every later caption:
