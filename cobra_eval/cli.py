@@ -243,7 +243,7 @@ def run_command(**opts: Any) -> None:
     """
     from cobra_eval.config import GenerationParams, RunSettings
     from cobra_eval.metrics import parse_metric_list
-    from cobra_eval.progress import reporter_for_stdout
+    from cobra_eval.progress import generation_lines, metrics_table, reporter_for_stdout
     from cobra_eval.runner import Interrupted, run_evaluation
 
     generation = GenerationParams(
@@ -275,45 +275,9 @@ def run_command(**opts: Any) -> None:
             f"Done: {item.method} {item.processed}/{item.total} samples{failed} "
             f"-> {item.final_file}"
         )
-    for line in generation_lines(summary):
-        click.echo(line)
-    for line in metrics_table(summary):
+    for line in [*generation_lines(summary), *metrics_table(summary)]:
         click.echo(line)
     click.echo(f"Run {summary.run_id} in {summary.db}")
-
-
-def generation_lines(summary: Any) -> list[str]:
-    """Per method: model calls made, cache hits, and how often parsing needed a fallback."""
-    lines = []
-    for m in summary.methods:
-        requests = m.generated + m.cache_hits
-        failed = m.parse_fallbacks + m.parse_empty
-        rate = f"{failed / m.processed:.1%}" if m.processed else "-"
-        lines.append(
-            f"  {m.method}: {requests} generations this run ({m.generated} by the model, "
-            f"{m.cache_hits} from cache); parse fallbacks {m.parse_fallbacks}, "
-            f"empty {m.parse_empty} ({rate} of {m.processed})"
-        )
-    return ["Generations and parsing:", *lines] if lines else []
-
-
-def metrics_table(summary: Any) -> list[str]:
-    """Corpus metrics of every method as aligned lines, then what was unavailable and why."""
-    scored = [m for m in summary.methods if m.corpus is not None and m.corpus.n]
-    if not scored:
-        return []
-    names = list(dict.fromkeys(k for m in scored for k in m.corpus.scores))
-    width = max(len("method"), *(len(m.method) for m in scored))
-    lines = ["Corpus metrics:", "  " + "method".ljust(width) + "      n" +
-             "".join(f"{n:>9}" for n in names)]  # fmt: skip
-    for m in scored:
-        values = "".join(
-            f"{m.corpus.scores[n]:>9.3f}" if n in m.corpus.scores else f"{'-':>9}" for n in names
-        )
-        lines.append(f"  {m.method.ljust(width)} {m.corpus.n:>6}{values}")
-    reasons = {name: why for m in scored for name, why in m.corpus.unavailable.items()}
-    lines += [f"{name.upper()} unavailable: {why}" for name, why in reasons.items()]
-    return lines
 
 
 @main.command("methods")
@@ -383,6 +347,7 @@ def score_command(
     """
     from cobra_eval.metrics import parse_metric_list
     from cobra_eval.metrics.rescore import rescore
+    from cobra_eval.progress import metrics_table
     from cobra_eval.store import Store, resolve_url
     from cobra_eval.store.checkpoint_io import read_checkpoint
 

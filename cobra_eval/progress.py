@@ -116,3 +116,37 @@ class TerminalReporter(LineReporter):
 def reporter_for_stdout() -> Reporter:
     """A bar on a terminal, plain lines otherwise."""
     return TerminalReporter() if sys.stdout.isatty() else LineReporter()
+
+
+def generation_lines(summary: Any) -> list[str]:
+    """Per method: model calls made, cache hits, and how often parsing needed a fallback."""
+    lines = []
+    for m in summary.methods:
+        requests = m.generated + m.cache_hits
+        failed = m.parse_fallbacks + m.parse_empty
+        rate = f"{failed / m.processed:.1%}" if m.processed else "-"
+        lines.append(
+            f"  {m.method}: {requests} generations this run ({m.generated} by the model, "
+            f"{m.cache_hits} from cache); parse fallbacks {m.parse_fallbacks}, "
+            f"empty {m.parse_empty} ({rate} of {m.processed})"
+        )
+    return ["Generations and parsing:", *lines] if lines else []
+
+
+def metrics_table(summary: Any) -> list[str]:
+    """Corpus metrics of every method as aligned lines, then what was unavailable and why."""
+    scored = [m for m in summary.methods if m.corpus is not None and m.corpus.n]
+    if not scored:
+        return []
+    names = list(dict.fromkeys(k for m in scored for k in m.corpus.scores))
+    width = max(len("method"), *(len(m.method) for m in scored))
+    lines = ["Corpus metrics:", "  " + "method".ljust(width) + "      n" +
+             "".join(f"{n:>9}" for n in names)]  # fmt: skip
+    for m in scored:
+        values = "".join(
+            f"{m.corpus.scores[n]:>9.3f}" if n in m.corpus.scores else f"{'-':>9}" for n in names
+        )
+        lines.append(f"  {m.method.ljust(width)} {m.corpus.n:>6}{values}")
+    reasons = {name: why for m in scored for name, why in m.corpus.unavailable.items()}
+    lines += [f"{name.upper()} unavailable: {why}" for name, why in reasons.items()]
+    return lines
