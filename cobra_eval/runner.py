@@ -224,8 +224,9 @@ class _MethodLoop:
             self.store, self.settings.output_dir, self.run_id, name, is_checkpoint=False
         )
         summary.final_file = final.path
-        summary.corpus = self._score(reuse=summary.new_this_run == 0)
-        for result in self.store.results(self.run_id, name):
+        results = list(self.store.results(self.run_id, name))
+        summary.corpus = self._score(results, reuse=summary.new_this_run == 0)
+        for result in results:
             status = str(result.metadata.get("parse_status", "ok"))
             if result.status == "ok" and status != "ok":
                 summary.parse_empty += status == "empty"
@@ -234,7 +235,7 @@ class _MethodLoop:
             self.store.set_method_status(self.run_id, name, "finished")
         return summary
 
-    def _score(self, *, reuse: bool) -> CorpusScores | None:
+    def _score(self, results: Sequence[ResultRecord], *, reuse: bool) -> CorpusScores | None:
         """Corpus metrics of the method's successful results in this selection.
 
         With reuse (nothing new was generated), stored scores of the same samples are
@@ -243,7 +244,7 @@ class _MethodLoop:
         if not self.settings.metrics:
             return None
         candidates, references = {}, {}
-        for result in self.store.results(self.run_id, self.method.name):
+        for result in results:
             if result.status == "ok" and result.image_id in self.samples:
                 candidates[result.image_id] = result.generated_caption
                 references[result.image_id] = result.reference_captions
