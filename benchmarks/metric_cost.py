@@ -4,7 +4,9 @@
 
 1. Per-sample scoring as a run does it (batches of 16, BLEU + ROUGE-L + CIDEr-D,
    one PTB tokenizer call per batch): milliseconds per sample.
-2. Corpus scoring of N captions (Java-free metrics after PTB tokenization) with
+2. Corpus scores at a checkpoint, pooled from the per-sample statistics of the
+   samples scored in 1 (no Java): milliseconds per checkpoint.
+3. Corpus scoring of N captions (Java-free metrics after PTB tokenization) with
    cobra_eval's `score_corpus` against pycocoevalcap's own pipeline on the same
    input, and whether the scores are identical.
 """
@@ -63,17 +65,27 @@ def main() -> None:
     items = list(candidates.items())[: args.per_sample_images]
     scorer = SampleScorer(references, GROUPS)
 
-    def per_sample() -> None:
+    def per_sample() -> list:
+        scored = []
         for start in range(0, len(items), 16):
-            scorer.score(items[start : start + 16])
+            scored += scorer.score(items[start : start + 16])
+        return scored
 
-    times, _ = timed(per_sample, args.repeats)
+    times, scored = timed(per_sample, args.repeats)
     per = [t / len(items) * 1000 for t in times]
     print(
         f"per-sample scoring (BLEU, ROUGE-L, CIDEr-D; batches of 16, {len(items)} samples): "
         f"median {statistics.median(per):.2f} ms/sample "
         f"(min {min(per):.2f}, max {max(per):.2f})"
     )
+    pool_t, _ = timed(lambda: scorer.corpus(scored), args.repeats * 10)
+    pool = [t * 1000 for t in pool_t]
+    print(
+        f"checkpoint corpus scores pooled from {len(scored)} scored samples (BLEU, ROUGE-L, "
+        f"CIDEr-D): median {statistics.median(pool):.2f} ms "
+        f"(min {min(pool):.2f}, max {max(pool):.2f})"
+    )
+    scorer.close()
 
     ours_t, ours = timed(lambda: score_corpus(candidates, references, GROUPS).scores, args.repeats)
     theirs_t, theirs = timed(lambda: official(candidates, references), args.repeats)

@@ -346,7 +346,7 @@ def score_command(
     are updated in the database.
     """
     from cobra_eval.metrics import parse_metric_list
-    from cobra_eval.metrics.rescore import rescore
+    from cobra_eval.metrics.rescore import rescore, rescore_stored
     from cobra_eval.progress import metrics_table
     from cobra_eval.store import Store, resolve_url
     from cobra_eval.store.checkpoint_io import read_checkpoint
@@ -357,18 +357,13 @@ def score_command(
             raise CobraEvalError("give either a results FILE or --run RUN (not both)")
         if file is not None:
             doc = read_checkpoint(file)
-            label, results = doc.meta.method, doc.results
-            scored = rescore(results, groups)
+            label = doc.meta.method
+            scored = rescore(doc.results, groups)
         else:
             assert run_id is not None
             with Store.open(resolve_url(db, output_dir), create=False) as store:
                 label = _only_method(store, run_id, method)
-                results = list(store.results(run_id, label))
-                scored = rescore(results, groups)
-                store.replace_sample_metrics(run_id, label, scored.per_sample)
-                store.record_corpus_metrics(
-                    run_id, label, scored.corpus.scores, n=scored.corpus.n, scope="rescore"
-                )
+                scored = rescore_stored(store, run_id, label, groups)
     if fmt == "json":
         payload: dict[str, Any] = {
             "method": label,

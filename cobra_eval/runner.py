@@ -21,12 +21,22 @@ from cobra_eval.methods import Method, PassOutput, resolve_methods
 from cobra_eval.methods.prompts import load_prompts_file
 from cobra_eval.metrics import METRIC_GROUPS, CorpusScores, score_corpus
 from cobra_eval.metrics.corpus import spice_unavailable_reason
-from cobra_eval.metrics.per_sample import SampleScorer
+from cobra_eval.metrics.per_sample import DocumentFrequency, SampleScore, SampleScorer
 from cobra_eval.progress import Reporter, SilentReporter
 from cobra_eval.resume import resolve_run
 from cobra_eval.store import Store, resolve_url
 from cobra_eval.store.checkpoint_io import ResultRecord
 from cobra_eval.store.engine import worker_identity
+from cobra_eval.store.scores import (
+    ScoreUpdate,
+    latest_corpus_metrics,
+    note_rescored,
+    record_corpus_metrics,
+    save_document_frequency,
+    stored_document_frequency,
+    stored_scores,
+    update_scores,
+)
 from cobra_eval.store.snapshots import (
     catch_up_checkpoint,
     export_snapshot,
@@ -35,6 +45,8 @@ from cobra_eval.store.snapshots import (
 
 #: A run stops when this many samples in a row failed: the cause is systemic, not the samples.
 MAX_CONSECUTIVE_FAILURES = 20
+#: Stored results scored again per tokenizer call when a run's planned set changes.
+RESCORE_CHUNK = 500
 
 
 @dataclass
@@ -101,8 +113,7 @@ def run_evaluation(
         run, resumed = resolve_run(store, settings, run_cfg, method_cfgs, reporter)
         store.ensure_plan(run.id, [s.image_id for s in selected])
         generator = CachedGenerator(backend, store, run_cfg["model"], enabled=settings.cache)
-        # CIDEr-D's document frequencies come from the planned samples' references
-        scorer = SampleScorer({s.image_id: s.references for s in selected}, settings.metrics)
+        scorer = open_scorer(store, run.id, selected, settings.metrics)
         summaries = []
         try:
             for method in methods:
@@ -135,6 +146,8 @@ class _MethodLoop:
         self.settings, self.generator, self.reporter = settings, generator, reporter
         self.scorer = scorer
         self.worker = worker_identity()
+        #: scores of the successful results in this selection: what corpus scores pool
+        self.scored: dict[int, SampleScore] = {}
 
     def run(self, method_cfg: dict[str, Any], resumed: bool) -> MethodSummary:
         name = self.method.name
@@ -158,6 +171,7 @@ class _MethodLoop:
             self.reporter.message(
                 f"Loaded checkpoint: {processed} samples processed, {remaining} remaining"
             )
+        rescored = self._load_scores()
         interval = self.settings.checkpoint_interval
         prepare_method_folder(self.settings.output_dir, self.run_id, name)
         self.reporter.start_method(name, self.total, processed)
@@ -176,20 +190,24 @@ class _MethodLoop:
         try:
             for start in range(0, len(pending), self.settings.batch_size):
                 batch = [self.samples[i] for i in pending[start : start + self.settings.batch_size]]
-                for result, latency in self._generate(batch):
+                for result, latency, score in self._generate(batch):
                     inserted = self.store.commit_result(
-                        self.run_id, name, result, worker=self.worker, latency_s=latency
-                    )
+                        self.run_id, name, result, worker=self.worker, latency_s=latency,
+                        scoring=score.detail if score is not None else None,
+                    )  # fmt: skip
                     # a retried failure replaces a row that was already counted
                     new = inserted and result.image_id not in retried
                     if new:
                         processed += 1
+                    if inserted and score is not None:
+                        self.scored[result.image_id] = score
                     summary.new_this_run += 1
                     failures_in_row = failures_in_row + 1 if result.status == "failed" else 0
                     self.reporter.processed(
                         processed, self.total, cached=bool(result.metadata.get("cached"))
                     )
                     if interval and new and processed % interval == 0:
+                        self._corpus("checkpoint")
                         exported = export_snapshot(
                             self.store,
                             self.settings.output_dir,
@@ -220,13 +238,12 @@ class _MethodLoop:
         summary.generated = self.generator.generated - generated_before
         summary.cache_hits = self.generator.hits - hits_before
         summary.failed = next((p.failed for p in self.store.method_progress(self.run_id, name)), 0)
+        summary.corpus = self._final_corpus(reuse=summary.new_this_run == 0 and not rescored)
         final = export_snapshot(
             self.store, self.settings.output_dir, self.run_id, name, is_checkpoint=False
         )
         summary.final_file = final.path
-        results = list(self.store.results(self.run_id, name))
-        summary.corpus = self._score(results, reuse=summary.new_this_run == 0)
-        for result in results:
+        for result in self.store.results(self.run_id, name):
             status = str(result.metadata.get("parse_status", "ok"))
             if result.status == "ok" and status != "ok":
                 summary.parse_empty += status == "empty"
@@ -235,38 +252,140 @@ class _MethodLoop:
             self.store.set_method_status(self.run_id, name, "finished")
         return summary
 
-    def _score(self, results: Sequence[ResultRecord], *, reuse: bool) -> CorpusScores | None:
+    def _load_scores(self) -> int:
+        """Read the stored scores of this selection; score again what they cannot serve.
+
+        Results scored against another planned set (the run was extended, so
+        CIDEr-D's document frequencies changed), imported ones and ones scored
+        with fewer metrics are rescored now, and the rescoring is recorded.
+        Returns how many were rescored.
+        """
+        stored = stored_scores(self.store, self.run_id, self.method.name)
+        stale = []
+        for image_id in self.samples:
+            entry = stored.get(image_id)
+            if entry is None:
+                continue
+            if self.scorer.available and not (entry.scoring and self.scorer.covers(entry.scoring)):
+                stale.append(image_id)
+            else:
+                self.scored[image_id] = SampleScore(dict(entry.metrics), dict(entry.scoring or {}))
+        if not stale:
+            return 0
+        wanted = set(stale)
+        results = [r for r in self.store.results(self.run_id, self.method.name)
+                   if r.image_id in wanted]  # fmt: skip
+        updates = {}
+        for start in range(0, len(results), RESCORE_CHUNK):
+            chunk = results[start : start + RESCORE_CHUNK]
+            passes = [
+                [PassOutput.model_validate(p) for p in r.metadata.get("passes") or []]
+                for r in chunk
+            ]
+            ids = [r.image_id for r in chunk]
+            pass_scores = self._score_passes(ids, passes)
+            captions = [r.generated_caption for r in chunk]
+            finals = self._final_scores(ids, captions, passes, pass_scores)
+            for result, done, score in zip(chunk, passes, finals, strict=True):
+                # metrics not asked for this time keep their stored values
+                old = stored[result.image_id]
+                merged = SampleScore(
+                    {**old.metrics, **score.scores}, {**(old.scoring or {}), **score.detail}
+                )
+                updates[result.image_id] = ScoreUpdate(
+                    metrics=merged.scores,
+                    scoring=merged.detail,
+                    pass_metrics=[dict(p.metrics) for p in done],
+                    metadata=self._refreshed_metadata(result, done),
+                )
+                self.scored[result.image_id] = merged
+        update_scores(self.store, self.run_id, self.method.name, updates)
+        planned = self.scorer.document_frequency
+        if planned is not None:
+            note_rescored(self.store, self.run_id, planned.n_images, self.method.name, len(updates))
+        self.reporter.message(
+            f"Rescored {len(updates)} earlier samples of {self.method.name} against the "
+            f"{self.scorer.planned} planned samples' references (CIDEr-D document frequencies)"
+        )
+        # keep self.scored in plan order: corpus means are summed in that order
+        self.scored = {i: self.scored[i] for i in self.samples if i in self.scored}
+        return len(updates)
+
+    def _refreshed_metadata(
+        self, result: ResultRecord, passes: Sequence[PassOutput]
+    ) -> dict[str, Any]:
+        """The result's metadata with its passes' new metrics (and what the method derives)."""
+        metadata = dict(result.metadata)
+        if not passes:
+            return metadata
+        old = metadata.get("passes") or []
+        metadata["passes"] = [{**o, "metrics": dict(p.metrics)}
+                              for o, p in zip(old, passes, strict=True)]  # fmt: skip
+        redone = self.method.finalize(passes)
+        if redone.generated_caption == result.generated_caption:
+            metadata.update(redone.metadata)
+        return metadata
+
+    def _corpus(self, scope: str) -> CorpusScores | None:
+        """Corpus scores pooled from the successful results so far; stored under scope."""
+        if not self.settings.metrics or not self.scorer.available or not self.scored:
+            return None
+        samples = list(self.scored.values())
+        scores = self.scorer.corpus(samples)
+        record_corpus_metrics(
+            self.store, self.run_id, self.method.name, scores, n=len(samples), scope=scope
+        )
+        return CorpusScores(n=len(samples), scores=scores)
+
+    def _final_corpus(self, *, reuse: bool) -> CorpusScores | None:
         """Corpus metrics of the method's successful results in this selection.
 
-        With reuse (nothing new was generated), stored scores of the same samples are
+        With reuse (nothing new was scored), stored scores of the same samples are
         returned instead of starting the Java scorers again.
         """
         if not self.settings.metrics:
             return None
+        reused = self._stored_final(len(self.scored)) if reuse else None
+        if reused is not None:
+            return reused
+        self.scored = {i: self.scored[i] for i in self.samples if i in self.scored}
+        out = self._corpus("final") or CorpusScores(n=len(self.scored))
+        if not self.scorer.available:
+            out.unavailable.update(
+                {g: "Java is not installed (the COCO scorers need it)"
+                 for g in self.settings.metrics if g != "spice"}
+            )  # fmt: skip
+        if "spice" in self.settings.metrics:
+            spice = self._spice()
+            out.scores.update(spice.scores)
+            out.unavailable.update(spice.unavailable)
+        return out
+
+    def _spice(self) -> CorpusScores:
+        """SPICE has no per-sample statistics here: the official scorer runs at the end."""
         candidates, references = {}, {}
-        for result in results:
+        for result in self.store.results(self.run_id, self.method.name):
             if result.status == "ok" and result.image_id in self.samples:
                 candidates[result.image_id] = result.generated_caption
                 references[result.image_id] = result.reference_captions
-        reused = self._stored_scores(len(candidates)) if reuse else None
-        if reused is not None:
-            return reused
-        scores = score_corpus(candidates, references, self.settings.metrics)
-        self.store.record_corpus_metrics(
-            self.run_id, self.method.name, scores.scores, n=scores.n, scope="final"
+        spice = score_corpus(candidates, references, ("spice",))
+        record_corpus_metrics(
+            self.store, self.run_id, self.method.name, spice.scores, n=spice.n, scope="final"
         )
-        return scores
+        return spice
 
-    def _stored_scores(self, n_now: int) -> CorpusScores | None:
+    def _stored_final(self, n_now: int) -> CorpusScores | None:
         """The stored final scores, if they cover the same samples and every metric asked for."""
-        n, stored = self.store.final_corpus_metrics(self.run_id, self.method.name)
-        keys = [k for g in self.settings.metrics if g != "spice" for k in METRIC_GROUPS[g]]
-        if n != n_now or any(key not in stored for key in keys):
+        stored = latest_corpus_metrics(self.store, self.run_id, self.method.name, scope="final")
+        if stored is None:
             return None
-        out = CorpusScores(n=n, scores={key: stored[key] for key in keys})
+        keys = [k for g in self.settings.metrics if g != "spice" for k in METRIC_GROUPS[g]]
+        if stored.n_samples != n_now or any(key not in stored.scores for key in keys):
+            return None
+        out = CorpusScores(n=n_now, scores={key: stored.scores[key] for key in keys})
         if "spice" in self.settings.metrics:
-            if "SPICE" in stored:
-                out.scores["SPICE"] = stored["SPICE"]
+            if "SPICE" in stored.scores:
+                out.scores["SPICE"] = stored.scores["SPICE"]
             else:
                 reason = spice_unavailable_reason()
                 if reason is None:
@@ -275,37 +394,43 @@ class _MethodLoop:
         return out
 
     def _score_passes(
-        self, batch: Sequence[Sample], passes: list[list[PassOutput]], errors: dict[int, str]
-    ) -> None:
-        """Per-pass metrics for every sample that succeeded, in one tokenizer call."""
-        items = [
-            (batch[k].image_id, p.caption)
-            for k in range(len(batch))
-            if k not in errors
-            for p in passes[k]
-            if p.caption
-        ]
-        scores = iter(self.scorer.score(items))
-        for k in range(len(batch)):
-            if k in errors:
-                continue
-            for p in passes[k]:
-                if p.caption:
-                    p.metrics = dict(next(scores))
+        self, image_ids: Sequence[int], passes: Sequence[Sequence[PassOutput]]
+    ) -> list[list[SampleScore | None]]:
+        """Score every non-empty pass caption in one tokenizer call, setting its metrics."""
+        items = [(i, p.caption) for i, done in zip(image_ids, passes, strict=True)
+                 for p in done if p.caption]  # fmt: skip
+        scored = iter(self.scorer.score(items))
+        out: list[list[SampleScore | None]] = []
+        for done in passes:
+            row: list[SampleScore | None] = []
+            for p in done:
+                score = next(scored) if p.caption else None
+                if score is not None:
+                    p.metrics = {**p.metrics, **score.scores}
+                row.append(score)
+            out.append(row)
+        return out
 
-    def _final_metrics(
-        self, image_id: int, caption: str, passes: Sequence[PassOutput]
-    ) -> dict[str, float | None]:
-        """The final caption's metrics: those of the pass it came from, else scored now."""
-        if not caption:
-            return {}
-        for p in reversed(passes):
-            if p.caption == caption and p.metrics:
-                return dict(p.metrics)
-        return dict(self.scorer.score([(image_id, caption)])[0])
+    def _final_scores(
+        self,
+        image_ids: Sequence[int],
+        captions: Sequence[str],
+        passes: Sequence[Sequence[PassOutput]],
+        pass_scores: Sequence[Sequence[SampleScore | None]],
+    ) -> list[SampleScore]:
+        """Each final caption's scores: those of the pass it came from, else scored now."""
+        finals: list[SampleScore | None] = []
+        for caption, done, scores in zip(captions, passes, pass_scores, strict=True):
+            match = [s for p, s in zip(done, scores, strict=True) if s and p.caption == caption]
+            finals.append(match[-1] if match else None)
+        missing = [k for k, score in enumerate(finals) if score is None]
+        fresh = iter(self.scorer.score([(image_ids[k], captions[k]) for k in missing]))
+        return [score if score is not None else next(fresh) for score in finals]
 
-    def _generate(self, batch: Sequence[Sample]) -> list[tuple[ResultRecord, float]]:
-        """Run every pass of the method over a batch; one result per sample."""
+    def _generate(
+        self, batch: Sequence[Sample]
+    ) -> list[tuple[ResultRecord, float, SampleScore | None]]:
+        """Run every pass of the method over a batch; one result (and its scores) per sample."""
         started = time.perf_counter()
         passes: list[list[PassOutput]] = [[] for _ in batch]
         errors: dict[int, str] = {}
@@ -341,9 +466,16 @@ class _MethodLoop:
                         cached=generated.cached,
                     )
                 )
-        self._score_passes(batch, passes, errors)
+        ok = [k for k in range(len(batch)) if k not in errors]
+        ids = [batch[k].image_id for k in ok]
+        # pass metrics first: finalize compares the passes by them
+        pass_scores = self._score_passes(ids, [passes[k] for k in ok])
+        finals = {k: self.method.finalize(passes[k]) for k in ok}
+        captions = [finals[k].generated_caption for k in ok]
+        final_scores = self._final_scores(ids, captions, [passes[k] for k in ok], pass_scores)
+        scores = dict(zip(ok, final_scores, strict=True))
         latency = (time.perf_counter() - started) / max(len(batch), 1)
-        out = []
+        out: list[tuple[ResultRecord, float, SampleScore | None]] = []
         for k, sample in enumerate(batch):
             done = [p.model_dump() for p in passes[k]]
             if k in errors:
@@ -355,23 +487,45 @@ class _MethodLoop:
                     metadata={"status": "failed", "error": errors[k], "passes": done},
                     metrics={},
                 )
-            else:
-                final = self.method.finalize(passes[k])
-                caption = final.generated_caption
-                record = ResultRecord(
-                    image_id=sample.image_id,
-                    reference_captions=list(sample.references),
-                    generated_caption=final.generated_caption,
-                    reasoning_trace=final.reasoning_trace,
-                    metrics=self._final_metrics(sample.image_id, caption, passes[k]),
-                    metadata={
-                        **final.metadata,
-                        "cached": all(p.cached for p in passes[k]),
-                        "passes": done,
-                    },
-                )
-            out.append((record, latency))
+                out.append((record, latency, None))
+                continue
+            final = finals[k]
+            record = ResultRecord(
+                image_id=sample.image_id,
+                reference_captions=list(sample.references),
+                generated_caption=final.generated_caption,
+                reasoning_trace=final.reasoning_trace,
+                metrics=dict(scores[k].scores),
+                metadata={
+                    **final.metadata,
+                    "cached": all(p.cached for p in passes[k]),
+                    "passes": done,
+                },
+            )
+            out.append((record, latency, scores[k] if scores[k].detail else None))
         return out
+
+
+def open_scorer(
+    store: Store, run_id: str, selected: Sequence[Sample], metrics: Sequence[str]
+) -> SampleScorer:
+    """A scorer whose CIDEr-D document frequencies are those stored for this planned set.
+
+    The first invocation that plans the set computes and stores them; later ones
+    (resume, other workers) read them back, so every sample of the set is scored
+    against the same frequencies.
+    """
+    references = {s.image_id: s.references for s in selected if s.references}
+    stored = stored_document_frequency(store, run_id, len(references))
+    known = DocumentFrequency.from_bytes(stored) if stored is not None else None
+    scorer = SampleScorer(references, metrics, document_frequency=known)
+    df = scorer.document_frequency
+    if known is None and df is not None:
+        save_document_frequency(
+            store, run_id, n_images=df.n_images, n_ngrams=len(df.counts), data=df.to_bytes(),
+            sha256=df.sha256,
+        )  # fmt: skip
+    return scorer
 
 
 def resolve_model(settings: RunSettings) -> str | None:

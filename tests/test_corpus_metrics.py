@@ -130,10 +130,14 @@ def test_score_rescores_a_file_and_a_stored_run(world: World, cli) -> None:
     assert again.exit_code == 0, again.output
     assert "ROUGE_L" in again.output
     assert world.rows("SELECT metric FROM corpus_metric WHERE scope = 'rescore'") == [("ROUGE_L",)]
-    metrics = [json.loads(m) for (m,) in world.rows("SELECT metrics FROM sample_result")]
-    assert all(set(m) == {"ROUGE_L"} for m in metrics)
-    names = world.rows("SELECT DISTINCT name FROM metric_value WHERE pass_id IS NULL")
-    assert names == [("ROUGE_L",)]
+    # ROUGE-L is added to every sample; the BLEU and CIDEr-D scores stay as they were
+    after = dict(world.rows("SELECT image_id, metrics FROM sample_result"))
+    for image_id, metrics in after.items():
+        metrics = json.loads(metrics)
+        assert 0 < metrics.pop("ROUGE_L") <= 1
+        assert metrics == json.loads(stored[image_id])
+    names = world.rows("SELECT DISTINCT name FROM metric_value WHERE pass_id IS NULL ORDER BY 1")
+    assert names == [("Bleu_1",), ("Bleu_2",), ("Bleu_3",), ("Bleu_4",), ("CIDEr",), ("ROUGE_L",)]
 
 
 def test_score_needs_exactly_one_source(world: World, cli, tmp_path) -> None:

@@ -70,20 +70,32 @@ def test_incremental_and_corpus_scores_equal_pycocoevalcap(coco) -> None:
         ours = []
         for start in range(0, len(items), 50):
             ours += scorer.score(items[start : start + 50])
+        # corpus scores at a checkpoint are pooled from the per-sample statistics
+        pooled = scorer.corpus(ours)
+        half = scorer.corpus(ours[: N_IMAGES // 2])
     finally:
         scorer.close()
     keys = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"]
     for key in keys:
         per_image = list(truth[key][1])
         assert len(per_image) == len(ours) == N_IMAGES
-        worst = max(abs(a[key] - b) for a, b in zip(ours, per_image, strict=True))
+        worst = max(abs(a.scores[key] - b) for a, b in zip(ours, per_image, strict=True))
         assert worst <= 1e-9, (key, worst)
     corpus = score_corpus(candidates, references, ("bleu", "meteor", "rouge", "cider"))
     for key in keys:
         assert corpus.scores[key] == pytest.approx(float(truth[key][0]), abs=1e-9), key
+        assert pooled[key] == pytest.approx(float(truth[key][0]), abs=1e-9), key
+    # a partial pool (a checkpoint halfway) is pycocoevalcap's corpus score of that half,
+    # except CIDEr-D, whose document frequencies stay those of the whole planned set
+    first = dict(list(candidates.items())[: N_IMAGES // 2])
+    truth_half = official(first, {i: references[i] for i in first}, meteor=True)
+    for key in keys[:-1]:
+        assert half[key] == pytest.approx(float(truth_half[key][0]), abs=1e-9), key
+    cider_half = sum(s.scores["CIDEr"] for s in ours[: N_IMAGES // 2]) / (N_IMAGES // 2)
+    assert half["CIDEr"] == pytest.approx(cider_half, abs=1e-12)
     # the comparison can fail: mismatched captions really score lower
-    mismatched = [ours[k]["CIDEr"] for k in range(N_IMAGES) if k % 3 == 2]
-    matched = [ours[k]["CIDEr"] for k in range(N_IMAGES) if k % 3 != 2]
+    mismatched = [ours[k].scores["CIDEr"] for k in range(N_IMAGES) if k % 3 == 2]
+    matched = [ours[k].scores["CIDEr"] for k in range(N_IMAGES) if k % 3 != 2]
     assert sum(mismatched) / len(mismatched) < sum(matched) / len(matched) / 3
 
 
@@ -107,6 +119,7 @@ def test_hazardous_captions_never_shift_scores(tmp_path: Path) -> None:
         # an empty caption between others shifts nothing either
         mixed = scorer.score([(1, clean[1]), (2, ""), (3, clean[3])])
         assert mixed[0] == scorer.score([(1, clean[1])])[0]
+        assert mixed[1].scores["CIDEr"] == mixed[1].scores["Bleu_1"] == 0.0
         assert mixed[2] == scorer.score([(3, clean[3])])[0]
     finally:
         scorer.close()

@@ -20,6 +20,7 @@ TABLES = {
     "planned_sample",
     "sample_result",
     "sample_pass",
+    "cider_document_frequency",
     "metric_value",
     "corpus_metric",
     "checkpoint",

@@ -167,7 +167,7 @@ def score_corpus(
                 continue
         try:
             out.scores.update(_score_group(name, gts, res))
-        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        except (OSError, subprocess.SubprocessError, ValueError, RuntimeError) as exc:
             out.unavailable[name] = f"{type(exc).__name__}: {exc}"
     return out
 
@@ -198,15 +198,7 @@ def _score_group(
 
 
 def _meteor(gts: dict[Any, list[str]], res: dict[Any, list[str]]) -> float:
-    from pycocoevalcap.meteor.meteor import Meteor
+    from cobra_eval.metrics.meteor import MeteorProcess
 
-    meteor = Meteor()
-    try:
-        return float(meteor.compute_score(gts, res)[0])
-    finally:
-        # kill the JVM ourselves: Meteor.__del__ hangs if compute_score died holding its lock
-        proc = meteor.meteor_p
-        proc.kill()
-        proc.wait()
-        if meteor.lock.locked():
-            meteor.lock.release()
+    with MeteorProcess() as meteor:
+        return meteor.evaluate([meteor.stats(res[i][0], gts[i]) for i in gts])[0]

@@ -2,6 +2,8 @@
 
 Shape (see the checkpointing guide): top-level ``meta``, ``checkpoint_info``,
 ``results``; final results files share it with ``meta.is_checkpoint = false``.
+Beyond the guide, ``corpus_metrics`` holds the corpus scores of the file's
+successful results when they were computed for exactly that set.
 """
 
 from __future__ import annotations
@@ -78,6 +80,16 @@ class CheckpointInfo(BaseModel):
     remaining_count: int = Field(ge=0)
 
 
+class CorpusMetrics(BaseModel):
+    """``corpus_metrics``: corpus scores of the successful results (``jq '.corpus_metrics'``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_samples: int = Field(ge=0, description="Successful results the scores cover.")
+    scope: str = Field(description="checkpoint | final | rescore: when they were computed.")
+    scores: dict[str, float] = Field(description="Official metric name -> value.")
+
+
 class CheckpointFile(BaseModel):
     """A whole checkpoint or final results file."""
 
@@ -85,6 +97,7 @@ class CheckpointFile(BaseModel):
 
     meta: CheckpointMeta
     checkpoint_info: CheckpointInfo
+    corpus_metrics: CorpusMetrics | None = None
     results: list[ResultRecord]
 
     @field_validator("results")
@@ -124,7 +137,10 @@ def method_dir(output_dir: Path, run_id: str, method: str) -> Path:
 
 def dumps(doc: CheckpointFile) -> bytes:
     """The one serialisation: export -> import -> export is byte-identical."""
-    return (json.dumps(doc.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n").encode()
+    # a file without corpus scores has no corpus_metrics key rather than a null one
+    skip = {"corpus_metrics"} if doc.corpus_metrics is None else None
+    data = doc.model_dump(mode="json", exclude=skip)
+    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -9,12 +9,21 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    LargeBinary,
+    Text,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 RunStatus = Literal["running", "finished", "interrupted"]
 SampleStatus = Literal["ok", "failed"]
-MetricScope = Literal["checkpoint", "final"]
+MetricScope = Literal["checkpoint", "final", "rescore"]
 
 
 def utcnow() -> datetime:
@@ -108,6 +117,11 @@ class SampleResult(SQLModel, table=True):
     metrics_json: dict[str, Any] = Field(
         sa_column=Column("metrics", JSON, nullable=False), description="Per-sample metrics."
     )
+    scoring: dict[str, Any] | None = Field(
+        default=None,
+        sa_column=Column(JSON, nullable=True),
+        description="What corpus scores pool: BLEU counts, METEOR statistics, CIDEr-D's N.",
+    )
     worker: str = Field(default="", max_length=200, description="user@host:pid that produced it.")
     latency_s: float | None = Field(default=None, description="Wall seconds spent generating it.")
     created_at: datetime = _ts()
@@ -155,7 +169,35 @@ class CorpusMetric(SQLModel, table=True):
     metric: str = Field(max_length=100)
     value: float
     n_samples: int
-    scope: str = Field(max_length=20, description="checkpoint | final.")
+    scope: str = Field(max_length=20, description="checkpoint | final | rescore.")
+    created_at: datetime = _ts()
+
+
+class CiderDocumentFrequency(SQLModel, table=True):
+    """CIDEr-D's document frequencies of a run's first n_images planned samples.
+
+    Per-sample CIDEr-D is exact only against the document frequencies of the
+    whole evaluated set; they are fixed when a run plans its samples, kept here,
+    and replaced (with the earlier samples rescored) when the run is extended.
+    """
+
+    __tablename__ = "cider_document_frequency"
+    __table_args__ = (UniqueConstraint("run_id", "n_images", name="uq_cider_df"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", max_length=200, index=True)
+    n_images: int = Field(description="Planned samples with references: N of log(N).")
+    n_ngrams: int = Field(description="Distinct n-grams (n = 1..4) in their references.")
+    sha256: str = Field(max_length=64, description="Hash of data.")
+    data: bytes = Field(
+        sa_column=Column(LargeBinary, nullable=False),
+        description='gzip JSON {"n_images": N, "df": [["n gram", count], ...]}.',
+    )
+    rescored: dict[str, int] = Field(
+        default_factory=dict,
+        sa_column=Column(JSON, nullable=False),
+        description="Earlier samples rescored per method when these became current.",
+    )
     created_at: datetime = _ts()
 
 

@@ -364,13 +364,15 @@ class Store:
         *,
         worker: str,
         latency_s: float | None,
+        scoring: dict[str, Any] | None = None,
     ) -> bool:
         """Commit one sample in its own transaction; False if a successful row already existed."""
         try:
             with self.engine.begin() as conn:
                 return write_result(
-                    conn, run_id, method, result, worker=worker, latency_s=latency_s
-                )
+                    conn, run_id, method, result, worker=worker, latency_s=latency_s,
+                    scoring=scoring,
+                )  # fmt: skip
         except IntegrityError:
             # another worker committed the same sample between our check and insert
             return False
@@ -445,60 +447,6 @@ class Store:
         except IntegrityError:
             pass  # another worker cached the same generation first: the cache is complete
 
-    def replace_sample_metrics(
-        self, run_id: str, method: str, per_sample: dict[int, dict[str, float]]
-    ) -> int:
-        """Set these results' sample-level metrics (pass metrics stay); returns rows changed."""
-        changed = 0
-        with self.engine.begin() as conn:
-            rows = conn.execute(
-                select(RESULT.c.id, RESULT.c.image_id).where(
-                    RESULT.c.run_id == run_id, RESULT.c.method == method
-                )
-            ).all()
-            for row in rows:
-                values = per_sample.get(row.image_id)
-                if values is None:
-                    continue
-                conn.execute(update(RESULT).where(RESULT.c.id == row.id).values(metrics=values))
-                conn.execute(
-                    delete(METRIC).where(METRIC.c.result_id == row.id, METRIC.c.pass_id.is_(None))
-                )
-                new_rows = _metric_rows(row.id, None, values)
-                if new_rows:
-                    conn.execute(insert(METRIC), new_rows)
-                changed += 1
-        return changed
-
-    def record_corpus_metrics(
-        self, run_id: str, method: str, scores: dict[str, float], *, n: int, scope: str
-    ) -> None:
-        """Store corpus-level scores of a method over n samples."""
-        if not scores:
-            return
-        now = utcnow()
-        rows = [
-            {"run_id": run_id, "method": method, "metric": name, "value": value,
-             "n_samples": n, "scope": scope, "created_at": now}
-            for name, value in scores.items()
-        ]  # fmt: skip
-        with self.engine.begin() as conn:
-            conn.execute(insert(CORPUS), rows)
-
-    def final_corpus_metrics(self, run_id: str, method: str) -> tuple[int, dict[str, float]]:
-        """The newest final corpus scores of a method: (n samples, {metric: value})."""
-        query = (
-            select(CORPUS.c.metric, CORPUS.c.value, CORPUS.c.n_samples)
-            .where(CORPUS.c.run_id == run_id, CORPUS.c.method == method, CORPUS.c.scope == "final")
-            .order_by(CORPUS.c.id)
-        )
-        with self.reader.connect() as conn:
-            rows = conn.execute(query).all()
-        if not rows:
-            return 0, {}
-        n = rows[-1].n_samples
-        return n, {r.metric: r.value for r in rows if r.n_samples == n}
-
     def record_checkpoint(
         self,
         run_id: str,
@@ -534,6 +482,7 @@ def write_result(
     *,
     worker: str,
     latency_s: float | None,
+    scoring: dict[str, Any] | None = None,
 ) -> bool:
     """Insert one result with its passes and metric rows; a failed row is replaced.
 
@@ -566,12 +515,13 @@ def write_result(
             reasoning_trace=result.reasoning_trace,
             metadata=metadata,
             metrics=result.metrics,
+            scoring=scoring,
             worker=worker,
             latency_s=latency_s,
             created_at=utcnow(),
         )
     ).inserted_primary_key[0]  # type: ignore[index]
-    metric_rows = _metric_rows(result_id, None, result.metrics)
+    rows = metric_rows(result_id, None, result.metrics)
     passes = metadata.get("passes")
     if isinstance(passes, list):
         for index, item in enumerate(passes):
@@ -590,13 +540,13 @@ def write_result(
                     metrics=item.get("metrics") if isinstance(item.get("metrics"), dict) else {},
                 )
             ).inserted_primary_key[0]  # type: ignore[index]
-            metric_rows += _metric_rows(result_id, pass_id, item.get("metrics"))
-    if metric_rows:
-        conn.execute(insert(METRIC), metric_rows)
+            rows += metric_rows(result_id, pass_id, item.get("metrics"))
+    if rows:
+        conn.execute(insert(METRIC), rows)
     return True
 
 
-def _metric_rows(result_id: int, pass_id: int | None, metrics: Any) -> list[dict[str, Any]]:
+def metric_rows(result_id: int, pass_id: int | None, metrics: Any) -> list[dict[str, Any]]:
     if not isinstance(metrics, dict):
         return []
     return [

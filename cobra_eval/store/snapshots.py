@@ -24,6 +24,7 @@ from cobra_eval.store.checkpoint_io import (
     CheckpointFile,
     CheckpointInfo,
     CheckpointMeta,
+    CorpusMetrics,
     checkpoint_name,
     dumps,
     final_name,
@@ -35,6 +36,7 @@ from cobra_eval.store.checkpoint_io import (
 from cobra_eval.store.engine import user_at_host, worker_identity
 from cobra_eval.store.models import utcnow
 from cobra_eval.store.repository import RUN, RUN_METHOD, Store, write_result
+from cobra_eval.store.scores import latest_corpus_metrics, record_corpus_metrics
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ def build_document(
     total = progress[0].total_planned
     results = list(store.results(run_id, method))
     in_plan = store.count_results(run_id, method, limit=total)
+    corpus = latest_corpus_metrics(store, run_id, method)
+    ok = sum(r.status == "ok" for r in results)
     return CheckpointFile(
         meta=CheckpointMeta(
             timestamp=when.isoformat(timespec="seconds"),
@@ -91,6 +95,12 @@ def build_document(
         checkpoint_info=CheckpointInfo(
             processed_count=len(results), remaining_count=max(total - in_plan, 0)
         ),
+        # only scores of exactly these results: older ones would describe another set
+        corpus_metrics=CorpusMetrics(
+            n_samples=corpus.n_samples, scope=corpus.scope, scores=corpus.scores
+        )
+        if corpus is not None and corpus.n_samples == ok
+        else None,
         results=results,
     )
 
@@ -248,6 +258,12 @@ def import_document(
                 imported += 1
             else:
                 skipped += 1
+    if doc.corpus_metrics is not None and not skipped:
+        # the file's scores describe the imported set only when nothing else was kept
+        record_corpus_metrics(
+            store, target, method, doc.corpus_metrics.scores,
+            n=doc.corpus_metrics.n_samples, scope=doc.corpus_metrics.scope,
+        )  # fmt: skip
     return ImportSummary(target, method, imported, skipped, created)
 
 
