@@ -143,6 +143,45 @@ def _method_choices() -> list[str]:
     help="Model backend: a registered name or a plugin as module:attribute.",
 )
 @flag(
+    "api_base",
+    metavar="URL",
+    envvar="OPENAI_BASE_URL",
+    help="--backend openai: the server's OpenAI-compatible base URL, e.g. "
+    "http://localhost:8000/v1 (vLLM, SGLang, TGI, LM Studio, Ollama, hosted APIs) "
+    "[env: OPENAI_BASE_URL].",
+)
+@flag(
+    "api_key_env",
+    metavar="VAR",
+    default="OPENAI_API_KEY",
+    show_default=True,
+    help="--backend openai: the environment variable holding the API key (the key itself is "
+    "never taken on the command line, logged or stored).",
+)
+@flag(
+    "concurrency",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="--backend openai: requests in flight at once.",
+)
+@flag(
+    "request_timeout",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=120.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="--backend openai: seconds one request may take before it is retried.",
+)
+@flag(
+    "max_retries",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="--backend openai: retries of a request after 429, 5xx or a timeout, with "
+    "exponential backoff; then the sample is stored as failed (retried on resume).",
+)
+@flag(
     "model",
     metavar="ID|PATH",
     default="demo",

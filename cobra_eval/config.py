@@ -12,6 +12,7 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -62,6 +63,11 @@ class RunSettings(BaseModel):
     llava_cot_instruction: bool = Field(
         True, description="Prefix llava_cot's question with the LLaVA-CoT format instruction."
     )
+    api_base: str | None = Field(None, description="OpenAI-compatible server base URL.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Env variable holding the API key.")
+    concurrency: int = Field(4, ge=1, description="Requests in flight (remote backends).")
+    request_timeout: float = Field(120.0, gt=0, description="Seconds per request.")
+    max_retries: int = Field(5, ge=0, description="Retries after 429/5xx/timeouts.")
     device: str = Field("auto", description="auto | cpu | cuda | mps.")
     dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16.")
     metrics: tuple[str, ...] = Field(
@@ -79,7 +85,32 @@ class RunSettings(BaseModel):
             "dtype": self.dtype,
             "dataset_path": self.dataset,
             "images": str(self.images) if self.images else None,
+            **(
+                {"api_base": redact_url(self.api_base), "concurrency": self.concurrency}
+                if self.api_base
+                else {}
+            ),
         }
+
+    def backend_extra(self) -> dict[str, Any]:
+        """Options for backends that talk to a server (others ignore them)."""
+        return {
+            "api_base": self.api_base,
+            "api_key_env": self.api_key_env,
+            "concurrency": self.concurrency,
+            "request_timeout": self.request_timeout,
+            "max_retries": self.max_retries,
+        }
+
+
+def redact_url(url: str) -> str:
+    """An http(s) URL without its password or query string (either may hold a key)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':')[0]}:***@{host}" if ":" in user else f"{user}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def canonical_json(value: Any) -> str:

@@ -98,4 +98,7 @@ def generate_isolated(
         raise RuntimeError(
             f"backend returned {len(outputs)} outputs for {len(requests)} requests (a backend bug)"
         )
+    for output in outputs:
+        if isinstance(output, BackendError):
+            raise output
     return list(outputs)

@@ -100,7 +100,10 @@ def run_evaluation(
         backend = create_backend(
             settings.backend,
             BackendOptions(
-                model=resolve_model(settings), device=settings.device, dtype=settings.dtype
+                model=resolve_model(settings),
+                device=settings.device,
+                dtype=settings.dtype,
+                extra=settings.backend_extra(),
             ),
         )
     run_cfg = {

@@ -41,6 +41,11 @@ class Backend(Protocol):
 
     def generate(
         self, requests: Sequence[GenerationRequest], params: GenerationParams
-    ) -> list[str]:
-        """One output text per request, in order. May raise; the runner isolates failures."""
+    ) -> Sequence[str | Exception]:
+        """One output text per request, in order.
+
+        A request that failed on its own may be answered by the exception in its
+        place (the others keep their texts). Raising fails the call: the runner
+        then retries its requests one at a time, and a BackendError stops the run.
+        """
         ...
