@@ -15,7 +15,7 @@ from datetime import date
 
 from cobra_eval.backends import BackendOptions, GenerationRequest, create_backend
 from cobra_eval.config import GenerationParams
-from cobra_eval.datasets import load_dataset
+from cobra_eval.datasets import load_dataset, select_samples
 from cobra_eval.demo import DEMO_MODEL_DIR
 from cobra_eval.methods.baseline import PROMPT
 
@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
 
     backend = create_backend("hf", BackendOptions(model=str(DEMO_MODEL_DIR)))
-    samples = load_dataset("demo").select(args.samples)
+    samples = select_samples(load_dataset("demo"), args.samples).samples
     requests = [GenerationRequest(image_path=s.image_path, prompt=PROMPT) for s in samples]
     params = GenerationParams(max_new_tokens=32)
     backend.generate(requests[:2], params)  # load weights before timing

@@ -193,8 +193,10 @@ def _method_choices() -> list[str]:
     metavar="NAME|PATH",
     default="demo",
     show_default=True,
-    help="Dataset: 'demo' (the bundled synthetic world's held-out split) or a COCO captions "
-    "annotation JSON file.",
+    help="Dataset: 'demo' (the bundled synthetic world's held-out split); a COCO captions "
+    "JSON (captions_val2014.json); the Karpathy split file (dataset_coco.json); a captions "
+    ".jsonl/.csv of file_name + captions; or a folder holding captions.jsonl or captions.csv "
+    "and the images. Every selected sample is checked before generation.",
 )
 @flag(
     "images",
@@ -202,7 +204,24 @@ def _method_choices() -> list[str]:
     metavar="DIR",
     help="Folder of the dataset's images [default: the annotation file's folder].",
 )
-@flag("split", help="Dataset split, for formats that have splits.")
+@flag(
+    "split",
+    help="Dataset split: for a Karpathy dataset_coco.json one of train, restval, val, test "
+    "[default: test].",
+)
+@flag(
+    "sample_seed",
+    type=int,
+    metavar="SEED",
+    help="Take a seeded random subset instead of the first N; the order is fixed by the seed, "
+    "so a larger --num_samples later extends the same subset.",
+)
+@flag(
+    "skip_missing",
+    is_flag=True,
+    help="Plan without samples whose image file is missing or that have no reference caption "
+    "(recorded in the run) instead of refusing to start.",
+)
 @flag(
     "max_new_tokens",
     type=click.IntRange(min=1),

@@ -57,6 +57,12 @@ class RunSettings(BaseModel):
     dataset: str | None = Field("demo", description="'demo' or an annotation file path.")
     images: Path | None = Field(None, description="Folder holding the dataset's image files.")
     split: str | None = Field(None, description="Dataset split, where the format has splits.")
+    sample_seed: int | None = Field(
+        None, description="Plan a seeded random order instead of the dataset's own."
+    )
+    skip_missing: bool = Field(
+        False, description="Plan without samples whose image is missing or that lack references."
+    )
     generation: GenerationParams = Field(default_factory=GenerationParams)
     cache: bool = Field(True, description="Reuse generations from the generation cache.")
     prompts: Path | None = Field(None, description="JSON file overriding prompt templates.")
@@ -170,12 +176,3 @@ def diff_configs(stored: dict[str, Any], current: dict[str, Any]) -> list[tuple[
         if a != b:
             out.append((key, None if a is missing else a, None if b is missing else b))
     return out
-
-
-def dataset_identity_of(path: Path) -> str:
-    """Content hash of an annotation file, so an edited file is a different dataset."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()

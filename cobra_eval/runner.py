@@ -14,7 +14,7 @@ from typing import Any
 
 from cobra_eval.backends import Backend, BackendOptions, GenerationRequest, create_backend
 from cobra_eval.config import RunSettings, fingerprint
-from cobra_eval.datasets import Sample, load_dataset
+from cobra_eval.datasets import Sample, load_dataset, select_samples
 from cobra_eval.errors import CobraEvalError
 from cobra_eval.generation import CachedGenerator
 from cobra_eval.methods import Method, PassOutput, resolve_methods
@@ -95,7 +95,15 @@ def run_evaluation(
         options={"llava_cot": {"use_format_instruction": settings.llava_cot_instruction}},
     )
     dataset = load_dataset(settings.dataset, settings.images, settings.split)
-    selected = dataset.select(settings.num_samples)
+    chosen = select_samples(
+        dataset, settings.num_samples, seed=settings.sample_seed, skip_missing=settings.skip_missing
+    )
+    selected = chosen.samples
+    record = settings.settings_record()
+    if chosen.skipped:
+        record["skipped"] = chosen.skipped_record()
+        counts = ", ".join(f"{len(ids)} {kind}" for kind, ids in chosen.skipped.items())
+        reporter.message(f"Skipped with --skip_missing: {counts} (recorded in the run)")
     if backend is None:
         backend = create_backend(
             settings.backend,
@@ -109,7 +117,7 @@ def run_evaluation(
     run_cfg = {
         "model": {"backend": settings.backend, **backend.identity()},
         "generation": settings.generation.model_dump(),
-        "dataset": dataset.identity_config(),
+        "dataset": {"identity": dataset.identity, "split": dataset.split, **chosen.selection},
     }
     method_cfgs = {m.name: {"name": m.name, **m.config()} for m in methods}
     with Store.open(resolve_url(settings.db, settings.output_dir)) as store:
@@ -121,7 +129,7 @@ def run_evaluation(
         try:
             for method in methods:
                 loop = _MethodLoop(
-                    store, run.id, method, selected, settings, generator, scorer, reporter
+                    store, run.id, method, selected, settings, generator, scorer, reporter, record
                 )
                 summaries.append(loop.run(method_cfgs[method.name], resumed))
         finally:
@@ -142,6 +150,7 @@ class _MethodLoop:
         generator: CachedGenerator,
         scorer: SampleScorer,
         reporter: Reporter,
+        record: dict[str, Any],
     ):
         self.store, self.run_id, self.method = store, run_id, method
         self.samples = {s.image_id: s for s in selected}
@@ -149,6 +158,8 @@ class _MethodLoop:
         self.settings, self.generator, self.reporter = settings, generator, reporter
         self.scorer = scorer
         self.worker = worker_identity()
+        #: the non-semantic settings recorded with the method (and what was skipped)
+        self.record = record
         #: scores of the successful results in this selection: what corpus scores pool
         self.scored: dict[int, SampleScore] = {}
 
@@ -159,7 +170,7 @@ class _MethodLoop:
             name,
             config=method_cfg,
             fingerprint=fingerprint(method_cfg),
-            settings=self.settings.settings_record(),
+            settings=self.record,
             total=self.total,
         )
         pending = self.store.pending(self.run_id, name, self.total)

@@ -18,6 +18,7 @@ from typing import Any
 
 from cobra_eval.backends import BackendOptions, GenerationRequest
 from cobra_eval.config import GenerationParams
+from cobra_eval.images import load_image
 
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
 SHAPES = ["square", "circle", "triangle"]
@@ -44,7 +45,8 @@ class EchoBackend:
         return [self._answer(r, params) for r in requests]
 
     def _answer(self, request: GenerationRequest, params: GenerationParams) -> str:
-        data = request.image_path.read_bytes()  # a missing image fails this sample
+        load_image(request.image_path)  # a corrupt or missing image fails this sample, as in a VLM
+        data = request.image_path.read_bytes()
         seed = hashlib.sha256(data + request.prompt.encode() + str(params.seed).encode()).digest()
         a, b = COLORS[seed[0] % 6], COLORS[seed[1] % 6]
         s1, s2 = SHAPES[seed[2] % 3], SHAPES[seed[3] % 3]

@@ -181,17 +181,40 @@ def test_method_all_runs_each_method_with_its_own_checkpoints_and_resume(world: 
     ) == [("baseline", 12), ("llava_cot", 10), ("scratchpad", 10), ("scratchpad_compare", 10)]
 
 
-def test_missing_images_are_failed_samples_retried_on_resume(world: World, cli) -> None:
+def test_missing_images_stop_the_run_before_generation_or_are_skipped(world: World, cli) -> None:
     hidden = world.root / "hidden"
     hidden.mkdir()
     victim = world.dataset.parent / "img_001007.png"
     shutil.move(victim, hidden / victim.name)
+    refused = cli(*world.run_args("--num_samples", "4"))
+    assert refused.exit_code == 1
+    assert "1 of the selected samples cannot be used" in refused.output
+    assert f"missing image files: 1 (e.g. 1007: {victim})" in refused.output
+    assert "--skip_missing" in refused.output
+    assert not world.db.exists()  # refused before anything was created
+    skipped = cli(*world.run_args("--num_samples", "4", "--skip_missing"))
+    assert skipped.exit_code == 0, skipped.output
+    assert (
+        "Skipped with --skip_missing: 1 missing image files (recorded in the run)" in skipped.output
+    )
+    ids = [i for (i,) in world.rows("SELECT image_id FROM sample_result ORDER BY image_id")]
+    assert len(ids) == 4 and 1007 not in ids
+    (settings,) = world.rows("SELECT settings FROM run_method")
+    assert json.loads(settings[0])["skipped"] == {
+        "missing image files": {"count": 1, "first": [1007]}
+    }
+
+
+def test_corrupt_images_are_failed_samples_retried_on_resume(world: World, cli) -> None:
+    victim = world.dataset.parent / "img_001007.png"
+    good = victim.read_bytes()
+    victim.write_bytes(b"not a png at all")
     result = cli(*world.run_args("--num_samples", "4"))
     assert result.exit_code == 0, result.output
     assert "Done: baseline 4/4 samples, 1 failed (retried on resume)" in result.output
     ((status, error),) = world.rows("SELECT status, error FROM sample_result WHERE image_id = 1007")
     assert status == "failed" and "img_001007.png" in error
-    shutil.move(hidden / victim.name, victim)
+    victim.write_bytes(good)
     result = cli(*world.run_args("--num_samples", "4", "--resume_from_checkpoint"))
     assert result.exit_code == 0, result.output
     assert world.rows("SELECT status, COUNT(*) FROM sample_result GROUP BY status") == [("ok", 4)]

@@ -1,20 +1,27 @@
-"""Dataset loaders."""
+"""Dataset loaders: COCO captions, the Karpathy split, a folder with a JSONL/CSV, the demo."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from cobra_eval.datasets.base import Dataset, Sample
-from cobra_eval.datasets.coco import load_coco
+from cobra_eval.datasets.coco import coco_dataset, load_coco
+from cobra_eval.datasets.files import read_json
+from cobra_eval.datasets.folder import SUFFIXES, load_folder
+from cobra_eval.datasets.karpathy import is_karpathy, load_karpathy
+from cobra_eval.datasets.selection import Selection, select_samples
 from cobra_eval.errors import DatasetError
 
-__all__ = ["Dataset", "Sample", "load_dataset"]
+__all__ = ["Dataset", "Sample", "Selection", "load_dataset", "select_samples"]
+
+#: Caption files looked for when --dataset is a folder.
+FOLDER_FILES = ("captions.jsonl", "captions.csv")
 
 
 def load_dataset(spec: str | None, images: Path | None = None, split: str | None = None) -> Dataset:
-    """Load a dataset: 'demo' (or 'demo:train'), or an annotation file path (COCO captions)."""
+    """Load a dataset by name or path; the format is recognised from the file."""
     if not spec:
-        raise DatasetError("no dataset given: pass --dataset PATH (a COCO captions JSON file)")
+        raise DatasetError("no dataset given: pass --dataset PATH (see --help for the formats)")
     if spec in ("demo", "demo:eval", "demo:train"):
         from cobra_eval.demo import ensure_demo_dataset
 
@@ -23,5 +30,18 @@ def load_dataset(spec: str | None, images: Path | None = None, split: str | None
         return Dataset("demo", dataset.identity, demo_split, dataset.samples)
     path = Path(spec)
     if path.is_dir():
-        raise DatasetError(f"--dataset {spec} is a folder; give the annotation JSON file inside it")
-    return load_coco(path, images, split)
+        found = [path / name for name in FOLDER_FILES if (path / name).is_file()]
+        if len(found) != 1:
+            raise DatasetError(
+                f"--dataset {spec} is a folder; it needs exactly one of "
+                f"{' or '.join(FOLDER_FILES)} "
+                "(or give an annotation file: COCO captions JSON, Karpathy dataset_coco.json, "
+                "a captions JSONL/CSV)"
+            )
+        return load_folder(found[0], images or path)
+    if path.suffix.lower() in SUFFIXES:
+        return load_folder(path, images)
+    data, raw = read_json(path)
+    if is_karpathy(data):
+        return load_karpathy(path, data, raw, images, split)
+    return coco_dataset(path, data, raw, images, split)

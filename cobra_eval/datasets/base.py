@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from cobra_eval.errors import DatasetError
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One image and its reference captions."""
+    """One image and its reference captions (none when the annotations have none)."""
 
     image_id: int
     image_path: Path
@@ -20,25 +17,13 @@ class Sample:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A loaded dataset in its stable order."""
+    """A loaded dataset in its stable order, problems included (selection checks them)."""
 
     name: str
+    #: content hash of the annotation file: an edited file is another dataset
     identity: str
     split: str | None
     samples: tuple[Sample, ...]
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def identity_config(self) -> dict[str, Any]:
-        """The dataset's part of the semantic config."""
-        return {"identity": self.identity, "split": self.split, "selection": "first_n"}
-
-    def select(self, num_samples: int | None) -> list[Sample]:
-        """The first num_samples samples (all when None), refusing more than there are."""
-        if num_samples is None:
-            return list(self.samples)
-        if num_samples > len(self.samples):
-            raise DatasetError(
-                f"--num_samples {num_samples} is larger than the dataset {self.name} "
-                f"({len(self.samples)} samples{f', split {self.split}' if self.split else ''})"
-            )
-        return list(self.samples[:num_samples])
+    #: image ids that appear more than once in the annotation file
+    duplicates: tuple[int, ...] = ()
+    format: str = "coco"
