@@ -163,7 +163,8 @@ def _method_choices() -> list[str]:
     type=click.IntRange(min=1),
     default=4,
     show_default=True,
-    help="--backend openai: requests in flight at once.",
+    help="--backend openai: requests in flight at once (within one batch: raise --batch_size "
+    "with it).",
 )
 @flag(
     "request_timeout",

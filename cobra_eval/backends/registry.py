@@ -16,7 +16,11 @@ from cobra_eval.errors import BackendError
 
 ENTRY_POINT_GROUP = "cobra_eval.backends"
 #: Built-in backends, name -> "module:attribute" of a factory taking BackendOptions.
-BUILTIN: dict[str, str] = {"hf": "cobra_eval.backends.hf:HFBackend"}
+BUILTIN: dict[str, str] = {
+    "cobra": "cobra_eval.backends.cobra:CobraBackend",
+    "hf": "cobra_eval.backends.hf:HFBackend",
+    "openai": "cobra_eval.backends.openai_compat:OpenAIBackend",
+}
 
 
 def backend_names() -> list[str]:
