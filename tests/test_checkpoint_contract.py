@@ -14,20 +14,11 @@ import pytest
 from cobra_eval.store.checkpoint_io import write_atomic
 from tests.conftest import World, load_json
 
+pytestmark = pytest.mark.databases
+
 GUIDE_RESULT_KEYS = [
     "image_id", "reference_captions", "generated_caption", "reasoning_trace", "metadata", "metrics"
 ]  # fmt: skip
-
-
-def db_dump(db: Path) -> list[str]:
-    """Everything in the database, as SQL text (empty if there is no database)."""
-    if not db.exists():
-        return []
-    con = sqlite3.connect(db)
-    try:
-        return list(con.iterdump())
-    finally:
-        con.close()
 
 
 def hand_written(
@@ -149,7 +140,7 @@ def test_atomic_write_never_leaves_a_partial_file(tmp_path: Path) -> None:
 def test_export_import_export_is_byte_identical(world: World, cli, tmp_path: Path) -> None:
     cli(*world.run_args("--num_samples", "8", "--method", "scratchpad", "--run_id", "r1"))
     first = tmp_path / "first.json"
-    assert cli("export", "r1", "--db", str(world.db), "-o", str(first)).exit_code == 0
+    assert cli("export", "r1", *world.db_option, "-o", str(first)).exit_code == 0
     other_db = tmp_path / "other.db"
     imported = cli("import", str(first), "--db", str(other_db))
     assert imported.exit_code == 0, imported.output
@@ -160,9 +151,7 @@ def test_export_import_export_is_byte_identical(world: World, cli, tmp_path: Pat
     assert a["meta"].pop("timestamp") and b["meta"].pop("timestamp")
     assert a == b
     assert len(first.read_bytes()) == len(second.read_bytes())
-    assert db_dump(other_db) and sqlite3.connect(other_db).execute(
-        "SELECT COUNT(*) FROM sample_pass"
-    ).fetchone() == (8,)
+    assert sqlite3.connect(other_db).execute("SELECT COUNT(*) FROM sample_pass").fetchone() == (8,)
 
 
 def test_import_of_a_hand_written_file_creates_a_run(tmp_path: Path, cli) -> None:
@@ -235,17 +224,17 @@ def test_bad_files_are_refused_with_one_message_and_change_nothing(
     world: World, cli, tmp_path: Path, make, message: str
 ) -> None:
     cli(*world.run_args("--num_samples", "3"))
-    before = db_dump(world.db)
+    before = world.dump()
     path = make(tmp_path / "bad.json")
     for args in (
-        ["import", str(path), "--db", str(world.db)],
+        ["import", str(path), *world.db_option],
         world.run_args("--num_samples", "5", "--load_results", str(path)),
     ):
         result = cli(*args)
         assert result.exit_code == 1, result.output
         assert message in result.output
         assert "Traceback" not in result.output
-        assert db_dump(world.db) == before
+        assert world.dump() == before
 
 
 def test_load_results_continues_a_run_up_to_num_samples(world: World, cli, tmp_path: Path) -> None:
@@ -254,6 +243,7 @@ def test_load_results_continues_a_run_up_to_num_samples(world: World, cli, tmp_p
     copy = tmp_path / checkpoint.name
     shutil.copy(checkpoint, copy)
     shutil.rmtree(world.out)
+    world.lose_database()
     result = cli(*world.run_args("--num_samples", "10", "--load_results", str(copy)))
     assert result.exit_code == 0, result.output
     assert f"Found checkpoint: {copy.name}" in result.output
@@ -266,7 +256,7 @@ def test_load_results_refuses_another_config_naming_every_difference(
 ) -> None:
     cli(*world.run_args("--num_samples", "4", "--run_id", "a", "--max_new_tokens", "16"))
     final = world.out / "a" / "baseline" / "results_baseline.json"
-    before = db_dump(world.db)
+    before = world.dump()
     result = cli(
         *world.run_args(
             "--num_samples",
@@ -283,43 +273,45 @@ def test_load_results_refuses_another_config_naming_every_difference(
     assert "was made with a different configuration:" in result.output
     assert "generation.max_new_tokens: 16 (stored) != 17 (now)" in result.output
     assert "generation.temperature: 0.0 (stored) != 0.5 (now)" in result.output
-    assert db_dump(world.db) == before
+    assert world.dump() == before
 
 
 def test_load_results_refuses_a_file_of_another_method(world: World, cli) -> None:
     cli(*world.run_args("--num_samples", "4", "--run_id", "a", "--method", "scratchpad"))
     final = world.out / "a" / "scratchpad" / "results_scratchpad.json"
-    before = db_dump(world.db)
+    before = world.dump()
     result = cli(*world.run_args("--num_samples", "6", "--load_results", str(final)))
     assert result.exit_code == 1
     assert "method: 'scratchpad' (stored) != 'baseline' (now)" in result.output
     assert "run with --method scratchpad to continue it" in result.output
-    assert db_dump(world.db) == before
+    assert world.dump() == before
 
 
 def test_import_into_a_run_of_another_config_is_refused(world: World, cli, tmp_path: Path) -> None:
     cli(*world.run_args("--num_samples", "3", "--run_id", "mine"))
-    before = db_dump(world.db)
+    before = world.dump()
     path = hand_written(tmp_path / "x.json", [1, 2])
-    result = cli("import", str(path), "--db", str(world.db), "--run_id", "mine")
+    result = cli("import", str(path), *world.db_option, "--run_id", "mine")
     assert result.exit_code == 1
     assert "(run mine) was made with a different configuration:" in result.output
-    assert db_dump(world.db) == before
+    assert world.dump() == before
 
 
 def test_export_and_runs_commands(world: World, cli) -> None:
     cli(*world.run_args("--num_samples", "6", "--method", "all", "--run_id", "both"))
-    ambiguous = cli("export", "both", "--output_dir", str(world.out))
+    ambiguous = cli("export", "both", "--output_dir", str(world.out), *world.db_args)
     assert ambiguous.exit_code == 1
     assert (
         "run both has methods baseline, scratchpad, llava_cot, scratchpad_compare; "
         "choose one with --method" in ambiguous.output
     )
-    out = cli("export", "both", "--method", "scratchpad", "--output_dir", str(world.out))
+    out = cli(
+        "export", "both", "--method", "scratchpad", "--output_dir", str(world.out), *world.db_args
+    )
     doc = json.loads(out.stdout)
     assert doc["meta"]["method"] == "scratchpad" and len(doc["results"]) == 6
-    assert cli("export", "nope", "--output_dir", str(world.out)).exit_code == 1
-    table = cli("runs", "--output_dir", str(world.out))
+    assert cli("export", "nope", "--output_dir", str(world.out), *world.db_args).exit_code == 1
+    table = cli("runs", "--output_dir", str(world.out), *world.db_args)
     assert table.exit_code == 0
     header, row = table.output.strip().splitlines()
     assert header.split() == ["RUN", "CREATED", "BY", "STATUS", "METHODS"]

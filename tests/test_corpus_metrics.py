@@ -9,6 +9,8 @@ import pytest
 from cobra_eval.metrics import score_corpus
 from tests.conftest import World
 
+pytestmark = pytest.mark.databases
+
 CANDIDATES = {
     1: "a red circle to the left of a blue square.",
     2: "A green square\nabove a red circle",  # a line break must not shift later captions
@@ -90,7 +92,7 @@ def test_unknown_metric_is_a_clear_error(world: World, cli) -> None:
     result = cli(*world.run_args("--num_samples", "2", "--metrics", "bleu,wer"))
     assert result.exit_code == 1
     assert "unknown metric wer; choose from bleu, meteor, rouge, cider, spice" in result.output
-    assert not world.db.exists()
+    assert not world.db_exists()
 
 
 def test_resuming_a_finished_run_reuses_its_scores_and_extending_rescores(
@@ -126,7 +128,8 @@ def test_score_rescores_a_file_and_a_stored_run(world: World, cli) -> None:
     for image_id, metrics in scored["per_sample"].items():
         assert metrics == pytest.approx(json.loads(stored[int(image_id)]), abs=1e-12)
     assert world.rows("SELECT COUNT(*) FROM corpus_metric WHERE scope = 'rescore'") == [(0,)]
-    again = cli("score", "--run", "s", "--output_dir", str(world.out), "--metrics", "rouge")
+    again = cli("score", "--run", "s", "--output_dir", str(world.out), *world.db_args,
+                "--metrics", "rouge")  # fmt: skip
     assert again.exit_code == 0, again.output
     assert "ROUGE_L" in again.output
     assert world.rows("SELECT metric FROM corpus_metric WHERE scope = 'rescore'") == [("ROUGE_L",)]

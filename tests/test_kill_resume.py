@@ -27,6 +27,8 @@ import pytest
 from tests.conftest import BACKEND, REPO, World, run_cli_process, subprocess_env
 from tests.stand_in import make_coco_world
 
+pytestmark = pytest.mark.databases
+
 TOTAL, INTERVAL, BATCH = 40, 10, 4
 METHODS = {
     "baseline": ["baseline"],
@@ -384,11 +386,7 @@ def test_random_sigkills_then_resume_end_like_a_clean_run(
             break
         assert proc.returncode == -signal.SIGKILL, (proc.returncode, stderr)
         kills += 1
-        if (
-            world.db.exists()
-            and world.rows("SELECT COUNT(*) FROM sqlite_master WHERE name = 'run'") == [(1,)]
-            and world.rows("SELECT COUNT(*) FROM run") == [(1,)]
-        ):
+        if world.has_table("run") and world.rows("SELECT COUNT(*) FROM run") == [(1,)]:
             rows = check_after_kill(world, "all", stdout)
             progress.append(sum(rows.values()))
         else:

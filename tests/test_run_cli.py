@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import World, load_json, run_cli_process
 
+pytestmark = pytest.mark.databases
+
 LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] Processed (\d+)/(\d+) samples\.\.\.$", re.M)
 
 
@@ -48,7 +50,7 @@ def test_a_run_commits_every_sample_and_prints_the_guides_lines(world: World, cl
     final = load_json(folder / "results_baseline.json")
     assert final["meta"]["is_checkpoint"] is False
     assert final["checkpoint_info"] == {"processed_count": 25, "remaining_count": 0}
-    assert f"Run {run_id} in sqlite:///" in result.output
+    assert f"Run {run_id} in {world.shown_as}" in result.output
 
 
 def test_every_sample_row_has_its_passes_and_provenance(world: World, cli) -> None:
@@ -76,7 +78,7 @@ def test_resume_skips_finished_samples_using_the_database_alone(world: World, cl
         path.unlink()
     result = cli(*args, "--resume_from_checkpoint")
     assert result.exit_code == 0, result.output
-    assert f"Found checkpoint: run {run_id} in sqlite:///" in result.output
+    assert f"Found checkpoint: run {run_id} in {world.shown_as}" in result.output
     assert "Loaded checkpoint: 12 samples processed, 18 remaining" in result.output
     assert processed_numbers(result.output) == list(range(13, 31))
     assert world.only_run_id() == run_id
@@ -88,6 +90,7 @@ def test_resume_skips_finished_samples_using_the_database_alone(world: World, cl
     assert counts == [20, 30]
 
 
+@pytest.mark.sqlite_only
 def test_resume_rebuilds_a_lost_database_from_the_newest_checkpoint(world: World, cli) -> None:
     cli(*world.run_args("--num_samples", "25", "--checkpoint_interval", "10"))
     run_id = world.only_run_id()
@@ -257,6 +260,7 @@ def test_help_teaches_with_a_worked_example(cli) -> None:
         assert f"\n    {command} " in result.output
 
 
+@pytest.mark.sqlite_only
 def test_real_process_run_and_no_heavy_imports_for_help(world: World) -> None:
     done = run_cli_process(*world.run_args("--num_samples", "5"))
     assert done.returncode == 0, done.stderr
@@ -316,6 +320,7 @@ def test_ctrl_c_keeps_every_committed_sample_and_says_how_to_continue(world: Wor
     assert world.rows("SELECT COUNT(DISTINCT image_id), COUNT(*) FROM sample_result") == [(30, 30)]
 
 
+@pytest.mark.sqlite_only
 def test_the_database_can_live_elsewhere_by_flag_or_environment(
     world: World, cli, tmp_path
 ) -> None:

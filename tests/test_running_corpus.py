@@ -12,6 +12,8 @@ import pytest
 from cobra_eval.metrics.per_sample import DocumentFrequency
 from tests.conftest import World, load_json
 
+pytestmark = pytest.mark.databases
+
 KEYS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
 
