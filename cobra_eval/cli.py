@@ -24,6 +24,7 @@ Other commands (each takes --db; see COMMAND --help):
   score     rescore a results file or a stored run without the model
   import    load a checkpoint/results JSON into the database
   db        upgrade | current: the database schema
+  merge     SRC DEST: copy a database's runs into another (laptop SQLite -> team DB)
 """
 
 
@@ -135,6 +136,16 @@ def _method_choices() -> list[str]:
     default=8,
     show_default=True,
     help="Samples per generation call.",
+)
+@flag(
+    "lease_seconds",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=120.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Workers sharing a run (same --run_id, on any machine) claim samples in batches; a "
+    "claim not renewed for this long (its worker crashed) is taken over. A dead worker "
+    "on this machine is taken over at once.",
 )
 @flag(
     "backend",
@@ -616,6 +627,44 @@ def db_current(db: str | None, output_dir: Path) -> None:
         revision = current_revision(url)
     state = "up to date" if revision == head_revision() else "needs `db upgrade`"
     click.echo(f"{mask_url(url)}: schema {revision or 'empty'} (head {head_revision()}, {state})")
+
+
+@main.command("merge")
+@click.argument("src", metavar="SRC")
+@click.argument("dest", metavar="DEST")
+@click.option(
+    "--run",
+    "run_ids",
+    multiple=True,
+    metavar="RUN",
+    help="Merge only this run (repeatable); the generation cache is then left out.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format of the report.",
+)
+def merge_command(src: str, dest: str, run_ids: tuple[str, ...], fmt: str) -> None:
+    """Merge the runs of database SRC into DEST, all or nothing; SRC is only read.
+
+    SRC and DEST are SQLite file paths or SQLAlchemy URLs, e.g. a laptop's
+    results/cobra_eval.db into postgresql+psycopg://user@host/team. A run or
+    method with another configuration, or a sample with another output, refuses
+    the whole merge with a list of the conflicts, and DEST is left unchanged.
+    Merging again adds only what is new.
+    """
+    from cobra_eval.store.merge import merge_databases
+
+    with _errors():
+        report = merge_databases(src, dest, run_ids=list(run_ids) or None)
+    if fmt == "json":
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    for line in report.lines():
+        click.echo(line)
 
 
 class _errors:

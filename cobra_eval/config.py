@@ -52,6 +52,9 @@ class RunSettings(BaseModel):
     run_id: str | None = Field(None, description="Run to create, resume or extend.")
     fresh: bool = Field(False, description="Always start a new run.")
     batch_size: int = Field(8, ge=1, description="Samples per backend call.")
+    lease_seconds: float = Field(
+        120.0, gt=0, description="A crashed worker's claimed samples are taken over after this."
+    )
     backend: str = Field("hf", description="Backend name or 'module:attribute' plugin.")
     model: str | None = Field(None, description="Model id or path, interpreted by the backend.")
     dataset: str | None = Field("demo", description="'demo' or an annotation file path.")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cobra_eval.config import SETTINGS_KEY, RunSettings, diff_configs, fingerprint
-from cobra_eval.errors import CheckpointFileError, ConfigError, ConfigMismatchError
+from cobra_eval.errors import CheckpointFileError, ConfigError, ConfigMismatchError, StoreError
 from cobra_eval.progress import Reporter
 from cobra_eval.store import RunInfo, Store
 from cobra_eval.store.checkpoint_io import find_candidates, read_checkpoint
@@ -56,7 +56,16 @@ def resolve_run(
             run = _rebuild_from_json(store, settings, run_cfg, method_cfgs, reporter)
             if run is not None:
                 return run, True
-        return store.create_run(settings.run_id, run_cfg, run_fp), False
+        try:
+            return store.create_run(settings.run_id, run_cfg, run_fp), False
+        except StoreError:
+            # another worker started the same --run_id a moment ago: join it
+            run = store.get_run(settings.run_id)
+            if run is None:
+                raise
+            _check_run(store, run, run_cfg, method_cfgs)
+            reporter.message(f"Joining run {run.id} in {store.display}")
+            return run, True
     if settings.resume_from_checkpoint:
         mismatch: ConfigMismatchError | None = None
         for run in store.runs(fingerprint=run_fp):

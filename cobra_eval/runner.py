@@ -7,8 +7,9 @@ snapshot functions, to a Method and to a Backend.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,17 @@ from cobra_eval.progress import Reporter, SilentReporter
 from cobra_eval.resume import resolve_run
 from cobra_eval.store import Store, resolve_url
 from cobra_eval.store.checkpoint_io import ResultRecord
+from cobra_eval.store.claims import (
+    Heartbeat,
+    acquire_export_lease,
+    claim_batch,
+    clear_claims,
+    others_work,
+    release,
+    release_export_lease,
+)
 from cobra_eval.store.engine import worker_identity
+from cobra_eval.store.models import utcnow
 from cobra_eval.store.scores import (
     ScoreUpdate,
     latest_corpus_metrics,
@@ -38,6 +49,7 @@ from cobra_eval.store.scores import (
     update_scores,
 )
 from cobra_eval.store.snapshots import (
+    ExportedFile,
     catch_up_checkpoint,
     export_snapshot,
     prepare_method_folder,
@@ -47,6 +59,12 @@ from cobra_eval.store.snapshots import (
 MAX_CONSECUTIVE_FAILURES = 20
 #: Stored results scored again per tokenizer call when a run's planned set changes.
 RESCORE_CHUNK = 500
+#: Seconds between looks at the database while other workers hold the remaining samples.
+CLAIM_POLL_S = 1.0
+#: An exporter that died frees the export lease after this many seconds.
+EXPORT_LEASE_S = 120.0
+#: How long a finishing worker waits for another's export before writing the final file.
+EXPORT_WAIT_S = 300.0
 
 
 @dataclass
@@ -173,9 +191,7 @@ class _MethodLoop:
             settings=self.record,
             total=self.total,
         )
-        pending = self.store.pending(self.run_id, name, self.total)
         processed = self.store.count_results(self.run_id, name, limit=self.total)
-        retried = self.store.failed_ids(self.run_id, name)
         generated_before, hits_before = self.generator.generated, self.generator.hits
         summary = MethodSummary(name, self.total, processed, 0, 0)
         if self.settings.method == "all":
@@ -189,55 +205,72 @@ class _MethodLoop:
         interval = self.settings.checkpoint_interval
         prepare_method_folder(self.settings.output_dir, self.run_id, name)
         self.reporter.start_method(name, self.total, processed)
-        missed = catch_up_checkpoint(
-            self.store,
-            self.settings.output_dir,
-            self.run_id,
-            name,
-            interval=interval,
-            processed=processed,
-        )
+        self.last_exported = self.store.last_checkpoint_count(self.run_id, name)
+        missed = self._exclusive_export(
+            lambda: catch_up_checkpoint(
+                self.store, self.settings.output_dir, self.run_id, name,
+                interval=interval, processed=processed,
+            )
+        )  # fmt: skip
         if missed is not None:
             summary.checkpoints.append(missed.path)
+            self.last_exported = missed.count
             self.reporter.checkpoint(missed.path.name, missed.count, self.total)
+        started = utcnow()
         failures_in_row = 0
+        lease_s = self.settings.lease_seconds
+        waiting_shown = False
         try:
-            for start in range(0, len(pending), self.settings.batch_size):
-                batch = [self.samples[i] for i in pending[start : start + self.settings.batch_size]]
-                for result, latency, score in self._generate(batch):
-                    inserted = self.store.commit_result(
-                        self.run_id, name, result, worker=self.worker, latency_s=latency,
-                        scoring=score.detail if score is not None else None,
+            with Heartbeat(self.store, self.run_id, name, self.worker, lease_s) as heartbeat:
+                while True:
+                    claimed = claim_batch(
+                        self.store, self.run_id, name, self.worker,
+                        limit=self.settings.batch_size, total=self.total, lease_s=lease_s,
+                        retry_failed_before=started,
                     )  # fmt: skip
-                    # a retried failure replaces a row that was already counted
-                    new = inserted and result.image_id not in retried
-                    if new:
-                        processed += 1
-                    if inserted and score is not None:
-                        self.scored[result.image_id] = score
-                    summary.new_this_run += 1
-                    failures_in_row = failures_in_row + 1 if result.status == "failed" else 0
-                    self.reporter.processed(
-                        processed, self.total, cached=bool(result.metadata.get("cached"))
-                    )
-                    if interval and new and processed % interval == 0:
-                        self._corpus("checkpoint")
-                        exported = export_snapshot(
-                            self.store,
-                            self.settings.output_dir,
-                            self.run_id,
-                            name,
-                            is_checkpoint=True,
+                    if not claimed:
+                        others = others_work(self.store, self.run_id, name, self.worker, self.total)
+                        if not others.count:
+                            break
+                        if not waiting_shown:
+                            self.reporter.message(
+                                f"Waiting for {others.count} samples other workers hold "
+                                f"(claims expire by {_clock(others.until)})"
+                            )
+                            waiting_shown = True
+                        time.sleep(min(CLAIM_POLL_S, lease_s / 4))
+                        continue
+                    heartbeat.hold(claimed)
+                    batch = [self.samples[i] for i in claimed]
+                    for result, latency, score in self._generate(batch):
+                        self.store.commit_result(
+                            self.run_id, name, result, worker=self.worker, latency_s=latency,
+                            scoring=score.detail if score is not None else None,
+                        )  # fmt: skip
+                        if score is not None:
+                            self.scored[result.image_id] = score
+                        if result.status == "failed":
+                            # the next invocation may retry it at once
+                            release(self.store, self.run_id, name, self.worker, [result.image_id])
+                        # other workers commit too: the count is the database's
+                        processed = self.store.count_results(self.run_id, name, limit=self.total)
+                        summary.new_this_run += 1
+                        failures_in_row = failures_in_row + 1 if result.status == "failed" else 0
+                        self.reporter.processed(
+                            processed, self.total, cached=bool(result.metadata.get("cached"))
                         )
-                        summary.checkpoints.append(exported.path)
-                        self.reporter.checkpoint(exported.path.name, processed, self.total)
-                    if failures_in_row >= MAX_CONSECUTIVE_FAILURES:
-                        raise CobraEvalError(
-                            f"stopping: the last {failures_in_row} samples all failed "
-                            f"(last error: {result.metadata.get('error')}); they are stored as "
-                            "failed and will be retried on --resume_from_checkpoint"
-                        )
+                        exported = self._checkpoint_if_due(processed)
+                        if exported is not None:
+                            summary.checkpoints.append(exported.path)
+                        if failures_in_row >= MAX_CONSECUTIVE_FAILURES:
+                            raise CobraEvalError(
+                                f"stopping: the last {failures_in_row} samples all failed "
+                                f"(last error: {result.metadata.get('error')}); they are stored "
+                                "as failed and will be retried on --resume_from_checkpoint"
+                            )
+                    heartbeat.hold([])
         except KeyboardInterrupt:
+            release(self.store, self.run_id, name, self.worker)
             self.store.set_method_status(self.run_id, name, "interrupted")
             self.store.set_run_status(self.run_id, "interrupted")
             raise Interrupted(
@@ -246,17 +279,25 @@ class _MethodLoop:
                 f"{self.run_id}; continue with --resume_from_checkpoint "
                 f"(or --run_id {self.run_id})",
             ) from None
+        except BaseException:
+            release(self.store, self.run_id, name, self.worker)
+            raise
         finally:
             self.reporter.end_method()
+        # other workers may have committed since this one's last sample
+        processed = self.store.count_results(self.run_id, name, limit=self.total)
         summary.processed = processed
         summary.generated = self.generator.generated - generated_before
         summary.cache_hits = self.generator.hits - hits_before
         summary.failed = next((p.failed for p in self.store.method_progress(self.run_id, name)), 0)
         summary.corpus = self._final_corpus(reuse=summary.new_this_run == 0 and not rescored)
-        final = export_snapshot(
-            self.store, self.settings.output_dir, self.run_id, name, is_checkpoint=False
+        final = self._exclusive_export(
+            lambda: export_snapshot(
+                self.store, self.settings.output_dir, self.run_id, name, is_checkpoint=False
+            ),
+            wait=True,
         )
-        summary.final_file = final.path
+        summary.final_file = final.path if final is not None else None
         for result in self.store.results(self.run_id, name):
             status = str(result.metadata.get("parse_status", "ok"))
             if result.status == "ok" and status != "ok":
@@ -264,7 +305,53 @@ class _MethodLoop:
                 summary.parse_fallbacks += status != "empty"
         if processed >= self.total:
             self.store.set_method_status(self.run_id, name, "finished")
+            clear_claims(self.store, self.run_id, name)
         return summary
+
+    def _checkpoint_if_due(self, processed: int) -> ExportedFile | None:
+        """Export a checkpoint when the count passed a multiple of the interval since the last.
+
+        With several workers exactly one exports (the export lease) and counts only grow.
+        """
+        interval = self.settings.checkpoint_interval
+        due = processed // interval * interval if interval else 0
+        if not due or due <= self.last_exported:
+            return None
+
+        def export() -> ExportedFile | None:
+            self.last_exported = self.store.last_checkpoint_count(self.run_id, self.method.name)
+            if self.last_exported >= due:
+                return None  # another worker wrote it
+            self._corpus("checkpoint")
+            return export_snapshot(
+                self.store, self.settings.output_dir, self.run_id, self.method.name,
+                is_checkpoint=True,
+            )  # fmt: skip
+
+        exported = self._exclusive_export(export)
+        if exported is not None:
+            self.last_exported = exported.count
+            self.reporter.checkpoint(exported.path.name, exported.count, self.total)
+        return exported
+
+    def _exclusive_export(
+        self, export: Callable[[], ExportedFile | None], *, wait: bool = False
+    ) -> ExportedFile | None:
+        """Run an export holding the (run, method) export lease; skip it if another holds it.
+
+        With wait, wait for the lease instead: the final results file is written by
+        every worker that finishes, one after the other, the last one with everything.
+        """
+        deadline = time.monotonic() + EXPORT_WAIT_S
+        name = self.method.name
+        while not acquire_export_lease(self.store, self.run_id, name, self.worker, EXPORT_LEASE_S):
+            if not wait or time.monotonic() > deadline:
+                return None
+            time.sleep(0.2)
+        try:
+            return export()
+        finally:
+            release_export_lease(self.store, self.run_id, name, self.worker)
 
     def _load_scores(self) -> int:
         """Read the stored scores of this selection; score again what they cannot serve.
@@ -540,6 +627,10 @@ def open_scorer(
             sha256=df.sha256,
         )  # fmt: skip
     return scorer
+
+
+def _clock(when: datetime | None) -> str:
+    return when.astimezone().strftime("%H:%M:%S") if when else "?"
 
 
 def resolve_model(settings: RunSettings) -> str | None:

@@ -25,6 +25,8 @@ SHAPES = ["square", "circle", "triangle"]
 RELATIONS = ["above", "below", "left of", "right of"]
 #: Seconds each generate() call sleeps, so kill tests can hit a run mid-batch.
 DELAY_ENV = "COBRA_TEST_DELAY"
+#: A file every generation appends "pid image_file time" to.
+GENLOG_ENV = "COBRA_TEST_GENLOG"
 
 
 class EchoBackend:
@@ -39,14 +41,20 @@ class EchoBackend:
     def generate(
         self, requests: Sequence[GenerationRequest], params: GenerationParams
     ) -> list[str]:
+        answers = [self._answer(r, params) for r in requests]
+        # the delay comes after the answers exist: a kill in it loses generated, uncommitted work
         delay = float(os.environ.get(DELAY_ENV, "0") or 0)
         if delay:
             time.sleep(delay)
-        return [self._answer(r, params) for r in requests]
+        return answers
 
     def _answer(self, request: GenerationRequest, params: GenerationParams) -> str:
         load_image(request.image_path)  # a corrupt or missing image fails this sample, as in a VLM
         data = request.image_path.read_bytes()
+        log = os.environ.get(GENLOG_ENV)
+        if log:  # one line per generation, so tests can see who generated what, and when
+            with open(log, "a") as handle:
+                handle.write(f"{os.getpid()} {request.image_path.name} {time.time():.6f}\n")
         seed = hashlib.sha256(data + request.prompt.encode() + str(params.seed).encode()).digest()
         a, b = COLORS[seed[0] % 6], COLORS[seed[1] % 6]
         s1, s2 = SHAPES[seed[2] % 3], SHAPES[seed[3] % 3]

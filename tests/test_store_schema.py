@@ -21,6 +21,8 @@ TABLES = {
     "sample_result",
     "sample_pass",
     "cider_document_frequency",
+    "sample_claim",
+    "export_lease",
     "metric_value",
     "corpus_metric",
     "checkpoint",

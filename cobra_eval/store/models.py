@@ -201,6 +201,37 @@ class CiderDocumentFrequency(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
+class SampleClaim(SQLModel, table=True):
+    """A worker's claim on a sample of a method: while it is live, no other worker takes it.
+
+    Workers sharing a run claim small batches; a claim that is not renewed
+    (its worker crashed) expires at ``expires_at`` and is taken over.
+    """
+
+    __tablename__ = "sample_claim"
+    __table_args__ = (Index("ix_sample_claim_live", "run_id", "method", "expires_at"),)
+
+    run_id: str = Field(foreign_key="run.id", max_length=200, primary_key=True)
+    method: str = Field(max_length=100, primary_key=True)
+    image_id: int = Field(
+        sa_column=Column(BigInteger, primary_key=True, autoincrement=False, nullable=False)
+    )
+    worker: str = Field(max_length=200, description="user@host:pid holding it.")
+    claimed_at: datetime = _ts()
+    expires_at: datetime = Field(sa_type=DateTime(timezone=True))
+
+
+class ExportLease(SQLModel, table=True):
+    """Who is writing a (run, method)'s checkpoint files: one exporter at a time."""
+
+    __tablename__ = "export_lease"
+
+    run_id: str = Field(foreign_key="run.id", max_length=200, primary_key=True)
+    method: str = Field(max_length=100, primary_key=True)
+    worker: str = Field(max_length=200)
+    expires_at: datetime = Field(sa_type=DateTime(timezone=True))
+
+
 class Checkpoint(SQLModel, table=True):
     """A JSON snapshot that was exported (the file may since have been deleted)."""
 

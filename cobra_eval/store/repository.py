@@ -6,7 +6,7 @@ and the ORM's unit-of-work would cost more than the writes themselves.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -218,6 +218,20 @@ class Store:
         total: int,
     ) -> None:
         """Create the run's method row, or record a new target total for it."""
+        # workers starting together may both try to create it: the loser updates it instead
+        _retry_on_conflict(
+            lambda: self._ensure_method(run_id, method, config, fingerprint, settings, total)
+        )
+
+    def _ensure_method(
+        self,
+        run_id: str,
+        method: str,
+        config: dict[str, Any],
+        fingerprint: str,
+        settings: dict[str, Any],
+        total: int,
+    ) -> None:
         now = utcnow()
         with self.engine.begin() as conn:
             exists = conn.execute(
@@ -270,6 +284,9 @@ class Store:
 
     def ensure_plan(self, run_id: str, ordered_ids: Sequence[int]) -> None:
         """Make positions 0..n-1 of the plan hold these ids (earlier entries may move)."""
+        _retry_on_conflict(lambda: self._ensure_plan(run_id, ordered_ids))
+
+    def _ensure_plan(self, run_id: str, ordered_ids: Sequence[int]) -> None:
         with self.engine.begin() as conn:
             existing: dict[int, int] = dict(
                 conn.execute(
@@ -472,6 +489,17 @@ class Store:
                     created_at=utcnow(),
                 )
             )
+
+
+def _retry_on_conflict(action: Callable[[], None], attempts: int = 5) -> None:
+    """Run an idempotent write again when a concurrent writer inserted the same rows first."""
+    for attempt in range(attempts):
+        try:
+            action()
+            return
+        except IntegrityError:
+            if attempt == attempts - 1:
+                raise
 
 
 def write_result(

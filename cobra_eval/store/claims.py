@@ -1,0 +1,275 @@
+"""Work claims: many workers, on one machine or many, share a run's pending samples.
+
+A worker claims a small batch in one statement (``INSERT ... ON CONFLICT DO
+UPDATE ... WHERE the old claim expired ... RETURNING``, which both SQLite and
+PostgreSQL run atomically), renews its claims while it generates, and keeps
+them after committing: a finished sample is skipped by every claim query, and a
+claim row that stays put is what stops a slow worker from taking a sample that
+was just committed. A claim whose worker stopped renewing expires and is taken
+over; one whose worker is a dead process on this host is taken over at once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, exists, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from cobra_eval.store.engine import user_at_host
+from cobra_eval.store.models import ExportLease, SampleClaim, utcnow
+from cobra_eval.store.repository import PLAN, RESULT, Store
+
+CLAIM = SampleClaim.__table__  # type: ignore[attr-defined]
+LEASE = ExportLease.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class OthersWork:
+    """Samples of a method that other live workers hold right now."""
+
+    count: int
+    until: datetime | None
+
+
+def _upsert(conn: Connection, table: Any) -> Any:
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    return insert(table)
+
+
+def claim_batch(
+    store: Store,
+    run_id: str,
+    method: str,
+    worker: str,
+    *,
+    limit: int,
+    total: int,
+    lease_s: float,
+    retry_failed_before: datetime,
+) -> list[int]:
+    """Claim up to limit pending samples among the first total of the plan, in plan order.
+
+    Pending: no successful result, no live claim of another worker, and no failed
+    result newer than retry_failed_before (a sample that failed in this
+    invocation is not retried by it; the next invocation retries it).
+    """
+    now = utcnow()
+    with store.engine.begin() as conn:
+        _expire_dead_local_claims(conn, run_id, method, now)
+        taken_by_others = exists().where(
+            CLAIM.c.run_id == run_id,
+            CLAIM.c.method == method,
+            CLAIM.c.image_id == PLAN.c.image_id,
+            CLAIM.c.worker != worker,
+            CLAIM.c.expires_at > now,
+        )
+        settled = exists().where(
+            RESULT.c.run_id == run_id,
+            RESULT.c.method == method,
+            RESULT.c.image_id == PLAN.c.image_id,
+            or_(RESULT.c.status == "ok", RESULT.c.created_at >= retry_failed_before),
+        )
+        candidates = list(
+            conn.execute(
+                select(PLAN.c.image_id)
+                .where(PLAN.c.run_id == run_id, PLAN.c.position < total)
+                .where(~settled, ~taken_by_others)
+                .order_by(PLAN.c.position)
+                .limit(limit)
+            ).scalars()
+        )
+        if not candidates:
+            return []
+        expires = now + timedelta(seconds=lease_s)
+        stmt = _upsert(conn, CLAIM).values(
+            [{"run_id": run_id, "method": method, "image_id": i, "worker": worker,
+              "claimed_at": now, "expires_at": expires} for i in candidates]
+        )  # fmt: skip
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[CLAIM.c.run_id, CLAIM.c.method, CLAIM.c.image_id],
+            set_={"worker": worker, "claimed_at": now, "expires_at": expires},
+            # another worker's live claim stays: that sample is not ours
+            where=or_(CLAIM.c.expires_at <= now, CLAIM.c.worker == worker),
+        ).returning(CLAIM.c.image_id)
+        won = set(conn.execute(stmt).scalars())
+    return [i for i in candidates if i in won]
+
+
+def renew(
+    store: Store, run_id: str, method: str, worker: str, ids: Iterable[int], lease_s: float
+) -> int:
+    """Extend this worker's claims on ids; returns how many it still held."""
+    ids = list(ids)
+    if not ids:
+        return 0
+    with store.engine.begin() as conn:
+        done = conn.execute(
+            update(CLAIM)
+            .where(CLAIM.c.run_id == run_id, CLAIM.c.method == method, CLAIM.c.worker == worker,
+                   CLAIM.c.image_id.in_(ids))
+            .values(expires_at=utcnow() + timedelta(seconds=lease_s))
+        )  # fmt: skip
+    return int(done.rowcount or 0)
+
+
+def release(
+    store: Store, run_id: str, method: str, worker: str, ids: Iterable[int] | None = None
+) -> None:
+    """Let others take these claims (all of this worker's, when ids is None) at once."""
+    query = update(CLAIM).where(
+        CLAIM.c.run_id == run_id, CLAIM.c.method == method, CLAIM.c.worker == worker,
+        CLAIM.c.expires_at > utcnow(),
+    )  # fmt: skip
+    if ids is not None:
+        ids = list(ids)
+        if not ids:
+            return
+        query = query.where(CLAIM.c.image_id.in_(ids))
+    with store.engine.begin() as conn:
+        conn.execute(query.values(expires_at=utcnow()))
+
+
+def others_work(store: Store, run_id: str, method: str, worker: str, total: int) -> OthersWork:
+    """Unfinished samples of this selection that other workers hold by live claims."""
+    now = utcnow()
+    finished = exists().where(
+        RESULT.c.run_id == run_id, RESULT.c.method == method,
+        RESULT.c.image_id == CLAIM.c.image_id, RESULT.c.status == "ok",
+    )  # fmt: skip
+    in_selection = exists().where(
+        PLAN.c.run_id == run_id, PLAN.c.image_id == CLAIM.c.image_id, PLAN.c.position < total
+    )
+    query = select(func.count(), func.max(CLAIM.c.expires_at)).where(
+        CLAIM.c.run_id == run_id, CLAIM.c.method == method, CLAIM.c.worker != worker,
+        CLAIM.c.expires_at > now, ~finished, in_selection,
+    )  # fmt: skip
+    with store.engine.begin() as conn:
+        _expire_dead_local_claims(conn, run_id, method, now)
+        count, until = conn.execute(query).one()
+    return OthersWork(int(count or 0), until)
+
+
+def clear_claims(store: Store, run_id: str, method: str) -> None:
+    """Forget a finished method's claims (they only matter while work is pending)."""
+    with store.engine.begin() as conn:
+        conn.execute(delete(CLAIM).where(CLAIM.c.run_id == run_id, CLAIM.c.method == method))
+
+
+def _expire_dead_local_claims(conn: Connection, run_id: str, method: str, now: datetime) -> None:
+    """A claim of a process of this host that no longer runs is over now, not at expiry."""
+    prefix = f"{user_at_host()}:"
+    holders = conn.execute(
+        select(CLAIM.c.worker).distinct().where(
+            CLAIM.c.run_id == run_id, CLAIM.c.method == method, CLAIM.c.expires_at > now,
+            CLAIM.c.worker.startswith(prefix),
+        )
+    ).scalars()  # fmt: skip
+    dead = [w for w in holders if _dead_local(w)]
+    if dead:
+        conn.execute(
+            update(CLAIM)
+            .where(CLAIM.c.run_id == run_id, CLAIM.c.method == method, CLAIM.c.worker.in_(dead),
+                   CLAIM.c.expires_at > now)
+            .values(expires_at=now)
+        )  # fmt: skip
+
+
+def _dead_local(worker: str) -> bool:
+    """Whether worker (user@host:pid) is a process of this host that no longer runs."""
+    prefix = f"{user_at_host()}:"
+    return worker.startswith(prefix) and not _alive(worker[len(prefix) :])
+
+
+def _alive(pid_text: str) -> bool:
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return True  # not ours to judge: wait for expiry
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (killed, not yet reaped by its parent) is as dead as a gone process
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def acquire_export_lease(
+    store: Store, run_id: str, method: str, worker: str, lease_s: float
+) -> bool:
+    """Become the one worker writing this method's checkpoint files, for lease_s at most."""
+    now = utcnow()
+    with store.engine.begin() as conn:
+        holder = conn.execute(
+            select(LEASE.c.worker).where(LEASE.c.run_id == run_id, LEASE.c.method == method)
+        ).scalar_one_or_none()
+        if holder is not None and _dead_local(holder):
+            # its writer was killed mid-export: the lease is over now, not at expiry
+            conn.execute(delete(LEASE).where(LEASE.c.run_id == run_id, LEASE.c.method == method))
+        stmt = _upsert(conn, LEASE).values(
+            run_id=run_id, method=method, worker=worker, expires_at=now + timedelta(seconds=lease_s)
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[LEASE.c.run_id, LEASE.c.method],
+            set_={"worker": worker, "expires_at": now + timedelta(seconds=lease_s)},
+            where=or_(LEASE.c.expires_at <= now, LEASE.c.worker == worker),
+        ).returning(LEASE.c.worker)
+        return conn.execute(stmt).first() is not None
+
+
+def release_export_lease(store: Store, run_id: str, method: str, worker: str) -> None:
+    """Give the export lease back."""
+    with store.engine.begin() as conn:
+        conn.execute(
+            delete(LEASE).where(
+                and_(LEASE.c.run_id == run_id, LEASE.c.method == method, LEASE.c.worker == worker)
+            )
+        )
+
+
+class Heartbeat:
+    """Renews this worker's current claims in the background while a batch generates."""
+
+    def __init__(self, store: Store, run_id: str, method: str, worker: str, lease_s: float):
+        self.store, self.run_id, self.method, self.worker = store, run_id, method, worker
+        self.lease_s = lease_s
+        self._ids: list[int] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="claim-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def hold(self, ids: Sequence[int]) -> None:
+        """The claims to keep alive from now on."""
+        with self._lock:
+            self._ids = list(ids)
+
+    def _run(self) -> None:
+        # renew at a third of the lease: two missed beats still leave the claim alive
+        while not self._stop.wait(self.lease_s / 3):
+            with self._lock:
+                ids = list(self._ids)
+            try:
+                renew(self.store, self.run_id, self.method, self.worker, ids, self.lease_s)
+            except Exception:  # a missed beat is retried; the lease has slack
+                continue

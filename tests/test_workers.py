@@ -1,0 +1,106 @@
+"""Many workers on one run: claims share the work, a killed worker's samples are taken over,
+nothing is generated twice while claimed, nothing is committed twice, nothing is lost."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, World, load_json, subprocess_env
+from tests.stand_in import DELAY_ENV, GENLOG_ENV, make_coco_world
+
+pytestmark = pytest.mark.databases
+
+N = 80
+
+
+def start_worker(world: World, log: Path, *extra: str) -> subprocess.Popen[str]:
+    dataset = world.root / "big" / "captions.json"
+    if not dataset.exists():
+        make_coco_world(dataset.parent, N)
+    args = world.run_args(
+        "--dataset", str(dataset), "--run_id", "shared", "--num_samples", str(N),
+        "--batch_size", "2", "--checkpoint_interval", "5", "--lease_seconds", "3", *extra,
+    )  # fmt: skip
+    env = subprocess_env(**{DELAY_ENV: "0.3", GENLOG_ENV: str(log)})
+    return subprocess.Popen([sys.executable, "-m", "cobra_eval", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def generations(log: Path) -> list[tuple[int, int, float]]:
+    """(pid, image_id, time) of every generation, in time order."""
+    out = []
+    for line in log.read_text().splitlines():
+        pid, name, when = line.split()
+        out.append((int(pid), int(name.removeprefix("img_").removesuffix(".png")), float(when)))
+    return sorted(out, key=lambda g: g[2])
+
+
+@pytest.mark.slow
+def test_four_workers_one_killed_every_sample_exactly_once(world: World) -> None:
+    log = world.root / "generations.log"
+    workers = [start_worker(world, log)]
+    time.sleep(1.0)  # the first creates the run; the others join it
+    workers += [start_worker(world, log) for _ in range(3)]
+    victim = workers[1]
+
+    def by_victim() -> int:
+        return sum(g[0] == victim.pid for g in generations(log)) if log.exists() else 0
+
+    # kill one right after it generated a batch, before it commits it: it holds live claims
+    deadline = time.monotonic() + 60
+    while by_victim() < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    seen = by_victim()
+    while by_victim() == seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert victim.poll() is None, f"the worker to kill ended first: {victim.communicate()}"
+    victim.send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        if worker is not victim:
+            assert worker.returncode == 0, err + out
+    assert victim.returncode == -signal.SIGKILL
+
+    rows = world.rows("SELECT image_id, status, worker FROM sample_result WHERE run_id = 'shared'")
+    assert len(rows) == N and {r[1] for r in rows} == {"ok"}
+    assert len({r[0] for r in rows}) == N  # every planned sample committed exactly once
+    by_worker: dict[str, int] = defaultdict(int)
+    for _, _, worker in rows:
+        by_worker[worker.rsplit(":", 1)[1]] += 1
+    assert len(by_worker) >= 3  # the work really was shared
+
+    gens = generations(log)
+    first_by: dict[int, int] = {}
+    twice = []
+    for pid, image_id, _ in gens:
+        if image_id in first_by:
+            twice.append((image_id, first_by[image_id], pid))
+        else:
+            first_by[image_id] = pid
+    # a sample is generated again only after the killed worker's claim on it was taken over
+    assert all(first == victim.pid and again != victim.pid for _, first, again in twice), twice
+    again_at = {i: t for pid, i, t in gens if pid != victim.pid and i in {x for x, _, _ in twice}}
+    assert all(t > killed_at for t in again_at.values())
+    committed_by = {image_id: worker.rsplit(":", 1)[1] for image_id, _, worker in rows}
+    taken_over = [i for i, first, _ in twice]
+    assert all(committed_by[i] != str(victim.pid) for i in taken_over)
+    # the killed worker generated samples it never committed; the others finished them
+    victim_generated = {i for pid, i, _ in gens if pid == victim.pid}
+    assert victim_generated - {i for i, w in committed_by.items() if w == str(victim.pid)}
+    # checkpoints: one exporter at a time, counts only grow, the final file has everything
+    folder = world.method_dir("shared", "baseline")
+    counts = sorted(int(p.name.split("_")[2]) for p in folder.glob("checkpoint_baseline_*_*.json")
+                    if "latest" not in p.name)  # fmt: skip
+    assert counts == sorted(set(counts)) and counts[-1] <= N and len(counts) >= N // 5 - 2
+    final = load_json(folder / "results_baseline.json")
+    assert final["checkpoint_info"] == {"processed_count": N, "remaining_count": 0}
+    assert world.rows("SELECT status FROM run_method WHERE run_id = 'shared'") == [("finished",)]
+    assert world.rows("SELECT COUNT(*) FROM sample_claim") == [(0,)]  # cleared when finished
