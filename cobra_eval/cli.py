@@ -138,6 +138,19 @@ def _method_choices() -> list[str]:
     help="Samples per generation call.",
 )
 @flag(
+    "workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes on this machine sharing the run (one per GPU with --devices); "
+    "Ctrl-C stops them all, and --resume_from_checkpoint continues.",
+)
+@flag(
+    "devices",
+    metavar="LIST",
+    help="With --workers N: one device per worker, e.g. 0,1,2,3 (GPU numbers), cuda:0, cpu.",
+)
+@flag(
     "lease_seconds",
     type=click.FloatRange(min=0.0, min_open=True),
     default=120.0,
@@ -322,10 +335,14 @@ def run_command(**opts: Any) -> None:
         top_p=opts.pop("top_p"),
         seed=opts.pop("seed"),
     )
+    workers, devices = opts.pop("workers"), opts.pop("devices")
     try:
         opts["metrics"] = parse_metric_list(opts["metrics"])
         opts["cache"] = not opts.pop("no_cache")
         settings = RunSettings(generation=generation, **opts)
+        if workers > 1 or devices:
+            _run_parallel(settings, workers, devices)
+            return
         summary = run_evaluation(settings, reporter=reporter_for_stdout())
     except Interrupted as exc:
         click.echo(str(exc), err=True)
@@ -348,6 +365,26 @@ def run_command(**opts: Any) -> None:
     for line in [*generation_lines(summary), *metrics_table(summary)]:
         click.echo(line)
     click.echo(f"Run {summary.run_id} in {summary.db}")
+
+
+def _run_parallel(settings: Any, workers: int, devices: str | None) -> None:
+    from cobra_eval.parallel import parse_devices, run_parallel, summary_lines
+
+    outcome = run_parallel(
+        settings, workers, parse_devices(devices, workers), echo=lambda t: click.echo(t)
+    )
+    if outcome.exit_code == 130:
+        click.echo(
+            f"Interrupted: every committed sample is kept in run {outcome.run_id}; continue with "
+            f"--workers {workers} --run_id {outcome.run_id} --resume_from_checkpoint",
+            err=True,
+        )
+        sys.exit(130)
+    if outcome.run_id is not None:
+        for line in summary_lines(settings, outcome.run_id):
+            click.echo(line)
+    if outcome.exit_code:
+        sys.exit(outcome.exit_code)
 
 
 @main.command("methods")
@@ -508,6 +545,7 @@ def runs_command(db: str | None, output_dir: Path, fmt: str) -> None:
                         }
                         for p in store.method_progress(run.id)
                     ],
+                    "workers": store.workers(run.id),
                 }
             )
     if fmt == "json":
@@ -516,7 +554,7 @@ def runs_command(db: str | None, output_dir: Path, fmt: str) -> None:
     if not rows:
         click.echo("No runs yet.")
         return
-    header = ("RUN", "CREATED", "BY", "STATUS", "METHODS")
+    header = ("RUN", "CREATED", "BY", "STATUS", "METHODS", "WORKERS")
     table: list[tuple[str, ...]] = [
         (
             r["run_id"],
@@ -524,12 +562,22 @@ def runs_command(db: str | None, output_dir: Path, fmt: str) -> None:
             r["created_by"],
             r["status"],
             ", ".join(f"{m['method']} {m['done']}/{m['total']}" for m in r["methods"]) or "-",
+            _workers_cell(r["workers"]),
         )
         for r in rows
     ]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table, strict=False)]
     for line in (header, *table):
         click.echo("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+
+
+def _workers_cell(workers: dict[str, int]) -> str:
+    """'root@gpu1 x3, ann@laptop': processes per user@host that committed samples."""
+    by_host: dict[str, int] = {}
+    for worker in workers:
+        host = worker.rsplit(":", 1)[0] if worker else "(imported)"
+        by_host[host] = by_host.get(host, 0) + 1
+    return ", ".join(f"{h} x{n}" if n > 1 else h for h, n in by_host.items()) or "-"
 
 
 @main.command("export")

@@ -103,9 +103,16 @@ class Interrupted(CobraEvalError):
 
 
 def run_evaluation(
-    settings: RunSettings, *, reporter: Reporter | None = None, backend: Backend | None = None
+    settings: RunSettings,
+    *,
+    reporter: Reporter | None = None,
+    backend: Backend | None = None,
+    on_run: Callable[[str], None] | None = None,
 ) -> RunSummary:
-    """Run (or resume, or extend) an evaluation as the CLI's bare command does."""
+    """Run (or resume, or extend) an evaluation as the CLI's bare command does.
+
+    on_run is told the run's id as soon as it is known (before any generation).
+    """
     reporter = reporter or SilentReporter()
     methods = resolve_methods(
         settings.method,
@@ -140,6 +147,8 @@ def run_evaluation(
     method_cfgs = {m.name: {"name": m.name, **m.config()} for m in methods}
     with Store.open(resolve_url(settings.db, settings.output_dir)) as store:
         run, resumed = resolve_run(store, settings, run_cfg, method_cfgs, reporter)
+        if on_run is not None:
+            on_run(run.id)
         store.ensure_plan(run.id, [s.image_id for s in selected])
         generator = CachedGenerator(backend, store, run_cfg["model"], enabled=settings.cache)
         scorer = open_scorer(store, run.id, selected, settings.metrics)
@@ -290,13 +299,16 @@ class _MethodLoop:
         summary.generated = self.generator.generated - generated_before
         summary.cache_hits = self.generator.hits - hits_before
         summary.failed = next((p.failed for p in self.store.method_progress(self.run_id, name)), 0)
-        summary.corpus = self._final_corpus(reuse=summary.new_this_run == 0 and not rescored)
-        final = self._exclusive_export(
-            lambda: export_snapshot(
+
+        def finish() -> ExportedFile:
+            # under the export lease: with several workers, the last one to finish scores
+            # and writes everything, after every other worker's commits
+            summary.corpus = self._final_corpus(reuse=summary.new_this_run == 0 and not rescored)
+            return export_snapshot(
                 self.store, self.settings.output_dir, self.run_id, name, is_checkpoint=False
-            ),
-            wait=True,
-        )
+            )
+
+        final = self._exclusive_export(finish, wait=True)
         summary.final_file = final.path if final is not None else None
         for result in self.store.results(self.run_id, name):
             status = str(result.metadata.get("parse_status", "ok"))
@@ -429,7 +441,10 @@ class _MethodLoop:
 
     def _corpus(self, scope: str) -> CorpusScores | None:
         """Corpus scores pooled from the successful results so far; stored under scope."""
-        if not self.settings.metrics or not self.scorer.available or not self.scored:
+        if not self.settings.metrics or not self.scorer.available:
+            return None
+        self._add_others_scores()
+        if not self.scored:
             return None
         samples = list(self.scored.values())
         scores = self.scorer.corpus(samples)
@@ -437,6 +452,18 @@ class _MethodLoop:
             self.store, self.run_id, self.method.name, scores, n=len(samples), scope=scope
         )
         return CorpusScores(n=len(samples), scores=scores)
+
+    def _add_others_scores(self) -> None:
+        """Scores of results other workers committed meanwhile, in plan order with ours."""
+        missing = [i for i in self.samples if i not in self.scored]
+        if not missing:
+            return
+        stored = stored_scores(self.store, self.run_id, self.method.name)
+        for image_id in missing:
+            entry = stored.get(image_id)
+            if entry is not None and entry.scoring and self.scorer.covers(entry.scoring):
+                self.scored[image_id] = SampleScore(dict(entry.metrics), dict(entry.scoring))
+        self.scored = {i: self.scored[i] for i in self.samples if i in self.scored}
 
     def _final_corpus(self, *, reuse: bool) -> CorpusScores | None:
         """Corpus metrics of the method's successful results in this selection.
@@ -446,6 +473,8 @@ class _MethodLoop:
         """
         if not self.settings.metrics:
             return None
+        if self.scorer.available:
+            self._add_others_scores()
         reused = self._stored_final(len(self.scored)) if reuse else None
         if reused is not None:
             return reused

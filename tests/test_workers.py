@@ -43,7 +43,7 @@ def generations(log: Path) -> list[tuple[int, int, float]]:
 
 
 @pytest.mark.slow
-def test_four_workers_one_killed_every_sample_exactly_once(world: World) -> None:
+def test_four_workers_one_killed_every_sample_exactly_once(world: World, cli) -> None:
     log = world.root / "generations.log"
     workers = [start_worker(world, log)]
     time.sleep(1.0)  # the first creates the run; the others join it
@@ -104,3 +104,40 @@ def test_four_workers_one_killed_every_sample_exactly_once(world: World) -> None
     assert final["checkpoint_info"] == {"processed_count": N, "remaining_count": 0}
     assert world.rows("SELECT status FROM run_method WHERE run_id = 'shared'") == [("finished",)]
     assert world.rows("SELECT COUNT(*) FROM sample_claim") == [(0,)]  # cleared when finished
+    # who did what is on record: `runs` shows every worker and its share
+    import json
+
+    (listed,) = json.loads(cli("runs", *world.db_option, "--format", "json").stdout)
+    assert sum(listed["workers"].values()) == N and len(listed["workers"]) == len(by_worker)
+    table = cli("runs", *world.db_option).output
+    assert f"x{len(by_worker)}" in table
+
+
+def test_claims_of_a_worker_on_another_machine_are_waited_for_then_taken_over(
+    world: World, cli
+) -> None:
+    first = cli(*world.run_args("--run_id", "r", "--num_samples", "4"))
+    assert first.exit_code == 0, first.output
+    # a worker elsewhere holds samples 5 and 6 of the extended run; its claims lapse in 2 s
+    held = [i for (i,) in world.rows("SELECT image_id FROM planned_sample ORDER BY position")]
+    assert len(held) == 4
+    from datetime import datetime, timedelta, timezone
+
+    from cobra_eval.store import Store, resolve_url
+    from cobra_eval.store.claims import CLAIM
+
+    later = world.run_args("--run_id", "r", "--num_samples", "8", "--lease_seconds", "2")
+    with Store.open(resolve_url(world.url or str(world.db))) as store:
+        store.ensure_plan("r", [*held, 1028, 1035, 1042, 1049])
+        now = datetime.now(timezone.utc)
+        with store.engine.begin() as conn:
+            conn.execute(CLAIM.insert(), [
+                {"run_id": "r", "method": "baseline", "image_id": i, "worker": "ann@elsewhere:77",
+                 "claimed_at": now, "expires_at": now + timedelta(seconds=2)}
+                for i in (1028, 1035)
+            ])  # fmt: skip
+    result = cli(*later)
+    assert result.exit_code == 0, result.output
+    assert "Waiting for 2 samples other workers hold" in result.output
+    workers = dict(world.rows("SELECT image_id, worker FROM sample_result"))
+    assert len(workers) == 8 and all(w != "ann@elsewhere:77" for w in workers.values())

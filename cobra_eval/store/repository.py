@@ -207,6 +207,17 @@ class Store:
             for r in rows
         ]
 
+    def workers(self, run_id: str) -> dict[str, int]:
+        """Samples each worker (user@host:pid) committed to a run."""
+        query = (
+            select(RESULT.c.worker, func.count())
+            .where(RESULT.c.run_id == run_id)
+            .group_by(RESULT.c.worker)
+            .order_by(RESULT.c.worker)
+        )
+        with self.reader.connect() as conn:
+            return {worker: int(n) for worker, n in conn.execute(query).all()}
+
     def ensure_method(
         self,
         run_id: str,
