@@ -145,7 +145,11 @@ class World:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # tests marked `databases` run once per database kind, except those about SQLite files
     marked = metafunc.definition.get_closest_marker
-    if "world" in metafunc.fixturenames and marked("databases") and not marked("sqlite_only"):
+    if "world" not in metafunc.fixturenames:
+        return
+    if marked("postgresql_only"):
+        metafunc.parametrize("db_kind", ["postgresql"])
+    elif marked("databases") and not marked("sqlite_only"):
         metafunc.parametrize("db_kind", ["sqlite", "postgresql"])
 
 

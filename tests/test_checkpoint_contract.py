@@ -314,6 +314,12 @@ def test_export_and_runs_commands(world: World, cli) -> None:
     table = cli("runs", "--output_dir", str(world.out), *world.db_args)
     assert table.exit_code == 0
     header, row = table.output.strip().splitlines()
-    assert header.split() == ["RUN", "CREATED", "BY", "STATUS", "METHODS"]
+    assert header.split() == ["RUN", "CREATED", "BY", "STATUS", "METHODS", "WORKERS"]
     assert row.startswith("both ") and "finished" in row
-    assert row.endswith("baseline 6/6, scratchpad 6/6, llava_cot 6/6, scratchpad_compare 6/6")
+    import getpass
+    import socket
+
+    me = f"{getpass.getuser()}@{socket.gethostname()}"
+    assert row.endswith(
+        f"baseline 6/6, scratchpad 6/6, llava_cot 6/6, scratchpad_compare 6/6  {me}"
+    )

@@ -141,3 +141,19 @@ def test_claims_of_a_worker_on_another_machine_are_waited_for_then_taken_over(
     assert "Waiting for 2 samples other workers hold" in result.output
     workers = dict(world.rows("SELECT image_id, worker FROM sample_result"))
     assert len(workers) == 8 and all(w != "ann@elsewhere:77" for w in workers.values())
+
+
+@pytest.mark.postgresql_only
+def test_a_database_password_never_shows(world: World, cli) -> None:
+    assert world.url is not None
+    # the throwaway server trusts loopback, so any password connects: it must still never show
+    url = world.url.replace("postgres@", "postgres:s3cret-pw@")
+    result = cli(*world.run_args("--db", url, "--num_samples", "3", "--checkpoint_interval", "2"))
+    assert result.exit_code == 0, result.output
+    assert "postgres:***@127.0.0.1" in result.output
+    runs = cli("runs", "--db", url)
+    bad = cli("export", "nope", "--db", url)
+    texts = [result.output, runs.output, bad.output]
+    texts += [p.read_text() for p in world.out.rglob("*.json")]
+    assert all("s3cret-pw" not in text for text in texts)
+    assert "postgres:***@" in bad.output
