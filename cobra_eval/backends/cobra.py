@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 from cobra_eval.backends.base import BackendOptions, GenerationRequest
+from cobra_eval.backends.loading import LazyLoad
 from cobra_eval.config import GenerationParams
 from cobra_eval.errors import BackendError
 from cobra_eval.images import ImageError, load_image
@@ -76,8 +77,7 @@ class CobraBackend:
         if importlib.util.find_spec("cobra") is None:
             raise BackendError(_missing_package())
         self._identity: dict[str, Any] | None = None
-        self._loaded: _Loaded | None = None
-        self._load_error: BackendError | None = None
+        self._model: LazyLoad[_Loaded] = LazyLoad(self._load_model)
 
     def identity(self) -> dict[str, Any]:
         """``{"name", "revision"}`` without importing Cobra or reading the whole checkpoint.
@@ -103,23 +103,9 @@ class CobraBackend:
         """One caption per request, in order; an unreadable image is answered by its error."""
         if not requests:
             return []
-        loaded = self._load()
+        loaded = self._model.get()
         kwargs = generation_kwargs(params)
         return [loaded.answer(request, params.seed, kwargs) for request in requests]
-
-    def _load(self) -> _Loaded:
-        if self._loaded is not None:
-            return self._loaded
-        if self._load_error is not None:
-            # the runner retries a failed batch one request at a time: a model that did not
-            # load will not load for the next request either, and a download may be slow
-            raise self._load_error.with_traceback(None)
-        try:
-            self._loaded = self._load_model()
-        except BackendError as exc:
-            self._load_error = exc
-            raise
-        return self._loaded
 
     def _load_model(self) -> _Loaded:
         cobra = _import_cobra()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cobra_eval.backends.base import BackendOptions, GenerationRequest
+from cobra_eval.backends.loading import LazyLoad
 from cobra_eval.config import GenerationParams
 from cobra_eval.errors import BackendError
 from cobra_eval.images import load_image
@@ -75,8 +76,7 @@ class HFBackend:
         if self.directory is None:
             _check_hub_id(options.model)
         self._identity: dict[str, Any] | None = None
-        self._loaded: _Loaded | None = None
-        self._load_error: BackendError | None = None
+        self._model: LazyLoad[_Loaded] = LazyLoad(self._load_model)
 
     # -- identity ---------------------------------------------------------------------------
 
@@ -142,7 +142,7 @@ class HFBackend:
         """
         if not requests:
             return []
-        loaded = self._load()
+        loaded = self._model.get()
         import torch
 
         images = [load_image(r.image_path) for r in requests]
@@ -161,20 +161,6 @@ class HFBackend:
         return [text.strip() for text in decoded]
 
     # -- loading ----------------------------------------------------------------------------
-
-    def _load(self) -> _Loaded:
-        if self._loaded is not None:
-            return self._loaded
-        if self._load_error is not None:
-            # the runner retries a failed batch one request at a time: fail fast instead of
-            # paying for another (possibly online, timing out) load attempt per request
-            raise self._load_error.with_traceback(None)
-        try:
-            self._loaded = self._load_model()
-        except BackendError as exc:
-            self._load_error = exc
-            raise
-        return self._loaded
 
     def _load_model(self) -> _Loaded:
         import torch

@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cobra_eval.errors import CheckpointFileError
+from cobra_eval.store.engine import process_alive
 
 FORMAT_VERSION = 1
 #: Files larger than this are refused before parsing: no real run comes close.
@@ -204,21 +205,11 @@ def remove_stale_temps(folder: Path) -> list[Path]:
             age = now - path.stat().st_mtime
         except FileNotFoundError:
             continue
-        dead_writer = match["host"] == host and not _alive(int(match["pid"]))
+        dead_writer = match["host"] == host and not process_alive(int(match["pid"]))
         if dead_writer or age > STALE_TEMP_SECONDS:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_checkpoint(path: Path) -> CheckpointFile:

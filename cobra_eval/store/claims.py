@@ -11,7 +11,6 @@ over; one whose worker is a dead process on this host is taken over at once.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from cobra_eval.store.engine import user_at_host
+from cobra_eval.store.engine import process_alive, user_at_host
 from cobra_eval.store.models import ExportLease, SampleClaim, utcnow
 from cobra_eval.store.repository import PLAN, RESULT, Store
 
@@ -183,28 +182,9 @@ def _expire_dead_local_claims(conn: Connection, run_id: str, method: str, now: d
 def _dead_local(worker: str) -> bool:
     """Whether worker (user@host:pid) is a process of this host that no longer runs."""
     prefix = f"{user_at_host()}:"
-    return worker.startswith(prefix) and not _alive(worker[len(prefix) :])
-
-
-def _alive(pid_text: str) -> bool:
-    try:
-        pid = int(pid_text)
-    except ValueError:
-        return True  # not ours to judge: wait for expiry
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (killed, not yet reaped by its parent) is as dead as a gone process
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+    pid = worker[len(prefix) :]
+    # a pid that is not a number is not ours to judge: its claims expire on time
+    return worker.startswith(prefix) and pid.isdigit() and not process_alive(int(pid))
 
 
 def acquire_export_lease(

@@ -249,6 +249,23 @@ def worker_identity() -> str:
     return f"{user_at_host()}:{os.getpid()}"
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host still runs (a zombie, killed but not reaped, does not)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def user_at_host() -> str:
     """user@host of this process."""
     import getpass
