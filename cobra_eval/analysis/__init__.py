@@ -1,0 +1,1 @@
+"""Analysing stored results: read-only SQL, exports, method comparison, the HTML report."""
