@@ -582,25 +582,46 @@ def _workers_cell(workers: dict[str, int]) -> str:
 
 @main.command("export")
 @click.argument("run_id")
-@flag("method", help="Method to export (needed when the run has several).")
+@flag(
+    "method",
+    help="Method to export (json: needed when the run has several; csv/jsonl/parquet: every "
+    "method by default).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "csv", "jsonl", "parquet"]),
+    default="json",
+    show_default=True,
+    help="json: the checkpoint file shape (importable); csv, jsonl, parquet: one row per "
+    "sample and method with a column per metric.",
+)
 @click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write to this file (atomically) instead of standard output.",
+    help="Write to this file (atomically) instead of standard output (parquet needs it).",
 )
 @db_options
 def export_command(
-    run_id: str, method: str | None, output: Path | None, db: str | None, output_dir: Path
+    run_id: str,
+    method: str | None,
+    fmt: str,
+    output: Path | None,
+    db: str | None,
+    output_dir: Path,
 ) -> None:
-    """Write a run's results for one method as checkpoint-shaped JSON (is_checkpoint false)."""
+    """Write a run's results: checkpoint-shaped JSON, or a table (CSV, JSON Lines, Parquet)."""
     from datetime import datetime
 
     from cobra_eval.store import Store, resolve_url
     from cobra_eval.store.checkpoint_io import dumps, write_atomic
     from cobra_eval.store.snapshots import build_document
 
+    if fmt != "json":
+        _export_table(run_id, method, fmt, output, db, output_dir)
+        return
     with _errors(), Store.open(resolve_url(db, output_dir), create=False) as store:
         method = _only_method(store, run_id, method)
         doc = build_document(store, run_id, method, is_checkpoint=False, when=datetime.now())
@@ -611,6 +632,69 @@ def export_command(
         with _errors():
             write_atomic(output, data)
         click.echo(f"Exported {len(doc.results)} results of {method} to {output}", err=True)
+
+
+def _export_table(
+    run_id: str, method: str | None, fmt: str, output: Path | None, db: str | None, out: Path
+) -> None:
+    from cobra_eval.analysis.export import render_rows, sample_rows, write_parquet
+    from cobra_eval.store import Store, resolve_url
+    from cobra_eval.store.checkpoint_io import write_atomic
+
+    with _errors():
+        if fmt == "parquet" and output is None:
+            raise CobraEvalError("--format parquet writes a binary file: give --output FILE")
+        with Store.open(resolve_url(db, out), create=False) as store:
+            methods = (
+                [_only_method(store, run_id, method)]
+                if method
+                else [p.method for p in store.method_progress(run_id)]
+            )
+            if not methods:
+                _only_method(store, run_id, None)  # the clear error for an unknown run
+            rows = sample_rows(store, run_id, methods)
+        if fmt == "parquet":
+            assert output is not None
+            write_parquet(rows, output)
+        elif output is None:
+            click.echo(render_rows(rows, fmt).decode(), nl=False)
+            return
+        else:
+            write_atomic(output, render_rows(rows, fmt))
+    click.echo(f"Exported {len(rows)} rows ({', '.join(methods)}) to {output}", err=True)
+
+
+@main.command("query")
+@click.argument("sql")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@db_options
+def query_command(sql: str, fmt: str, db: str | None, output_dir: Path) -> None:
+    """Run one read-only SQL statement on the results database and print the rows.
+
+    SQL is the statement, or - to read it from standard input.
+
+    \b
+    The connection cannot write: SQLite is opened read-only and only reading is
+    authorised; PostgreSQL runs the statement alone in a READ ONLY transaction.
+    Example: python -m cobra_eval query "SELECT method, AVG(value) FROM metric_value
+      JOIN sample_result r ON r.id = result_id WHERE name = 'CIDEr' AND pass_id IS NULL
+      GROUP BY method"  (see the README for more)
+    """
+    from cobra_eval.analysis.query import format_result, run_query
+    from cobra_eval.store import resolve_url
+
+    if sql == "-":
+        sql = sys.stdin.read()
+    with _errors():
+        result = run_query(resolve_url(db, output_dir), sql)
+    click.echo(format_result(result, fmt), nl=False)
 
 
 @main.command("import")
