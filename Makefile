@@ -51,6 +51,7 @@ demo-model: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.generation_throughput
 	$(PY) -m benchmarks.metric_cost
+	$(PY) -m benchmarks.compare_cost
 
 clean:
 	rm -rf build dist $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache

@@ -697,6 +697,76 @@ def query_command(sql: str, fmt: str, db: str | None, output_dir: Path) -> None:
     click.echo(format_result(result, fmt), nl=False)
 
 
+@main.command("compare")
+@click.option("--run", "run_id", required=True, metavar="RUN",
+              help="The run whose methods are compared (side A).")  # fmt: skip
+@flag(
+    "methods",
+    metavar="A,B",
+    help="Comma list of methods of RUN: the first against each other one. Default: the run's "
+    "first method against each other method; with --against, the methods both runs have.",
+)
+@flag(
+    "against",
+    metavar="RUN2",
+    help="Compare each method of RUN with the same method in RUN2 (side B) instead of with "
+    "each other.",
+)
+@flag(
+    "bootstrap",
+    type=click.IntRange(min=100),
+    default=1000,
+    show_default=True,
+    help="Resamples of the shared images for the 95% interval.",
+)
+@flag(
+    "seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the resampling: the same seed gives the same intervals.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@db_options
+def compare_command(
+    run_id: str,
+    methods: str | None,
+    against: str | None,
+    bootstrap: int,
+    seed: int,
+    fmt: str,
+    db: str | None,
+    output_dir: Path,
+) -> None:
+    """Compare methods of a run, or one method across two runs, on the images both scored.
+
+    Per metric: each side's score, B - A, a paired bootstrap 95% interval and
+    per-image wins/ties/losses. BLEU, ROUGE-L and CIDEr-D are corpus scores,
+    recomputed for every resample; METEOR is the mean of per-image scores
+    (level sample_mean), because its corpus score needs the Java scorer.
+    """
+    from cobra_eval.analysis.compare import compare_run, comparison_table
+    from cobra_eval.store import Store, resolve_url
+
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    with _errors(), Store.open(resolve_url(db, output_dir), create=False) as store:
+        comparisons = compare_run(
+            store, run_id, methods=chosen, against=against, bootstrap=bootstrap, seed=seed
+        )
+    if fmt == "json":
+        click.echo(json.dumps([c.as_dict() for c in comparisons], indent=2))
+        return
+    for line in comparison_table(comparisons):
+        click.echo(line)
+
+
 @main.command("import")
 @click.argument("file", type=click.Path(path_type=Path))
 @flag(

@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from cobra_eval.errors import CobraEvalError, ConfigError
 from cobra_eval.metrics.pooling import mean, pooled_bleu
-from cobra_eval.store.repository import PLAN, Store
+from cobra_eval.store.repository import Store
 from cobra_eval.store.scores import DOC_FREQ, StoredScore, stored_scores
 
 #: The per-sample metrics compared, in the order they are reported (official keys).
@@ -105,9 +105,7 @@ class Comparison:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready values; each metric also says whether its interval excludes zero."""
         out = asdict(self)
-        out["metrics"] = [
-            {**asdict(m), "excludes_zero": m.excludes_zero} for m in self.metrics
-        ]
+        out["metrics"] = [{**asdict(m), "excludes_zero": m.excludes_zero} for m in self.metrics]
         return out
 
 
@@ -176,11 +174,13 @@ def compare_run(
     else:
         if not wanted:
             wanted = own
+        if not wanted:
+            raise CobraEvalError(f"run {run_id} has no methods yet: nothing to compare")
         if len(wanted) < 2:
-            given = "was given" if methods else f"run {run_id} has"
+            what = "--methods names" if methods else f"run {run_id} has"
             raise CobraEvalError(
-                f"only one method ({', '.join(wanted) or 'none'}) {given}: name two with "
-                f"--methods A,B, or compare with another run with --against RUN2"
+                f"{what} only one method ({wanted[0]}): name two with --methods A,B, "
+                "or compare it with the same method of another run with --against RUN2"
             )
         pairs = [((run_id, wanted[0]), (run_id, m)) for m in wanted[1:]]
     return [compare_sides(store, a, b, bootstrap=bootstrap, seed=seed) for a, b in pairs]
@@ -204,10 +204,10 @@ def compare_scores(
             f"{a_label} and {b_label} have no successful results on the same images "
             f"({a_label}: {len(a)}, {b_label}: {len(b)})"
         )
+    a_shared, b_shared = [a[i] for i in shared], [b[i] for i in shared]
+    pooled: dict[bytes, _PooledBleu | None] = {}
     inputs = [
-        found
-        for key in METRIC_KEYS
-        if (found := _metric_input(key, [a[i] for i in shared], [b[i] for i in shared]))
+        found for key in METRIC_KEYS if (found := _metric_input(key, a_shared, b_shared, pooled))
     ]
     diffs = _bootstrap_diffs(inputs, bootstrap, seed)
     metrics = []
@@ -339,6 +339,16 @@ def pooled_bleu_rows(totals: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class _PooledBleu:
+    """Both sides' BLEU statistics of one set of samples, and their corpus BLEU-1..4."""
+
+    a_counts: np.ndarray
+    b_counts: np.ndarray
+    a_scores: list[float]
+    b_scores: list[float]
+
+
+@dataclass
 class _MetricInput:
     """One metric's paired per-sample values and what its score is computed from."""
 
@@ -350,15 +360,20 @@ class _MetricInput:
     b_values: np.ndarray
     a_score: float
     b_score: float
-    #: BLEU statistics of those samples (corpus BLEU only)
-    a_counts: np.ndarray | None = None
-    b_counts: np.ndarray | None = None
+    #: the samples' BLEU statistics (corpus BLEU only)
+    bleu: _PooledBleu | None = None
 
 
 def _metric_input(
-    key: str, a: Sequence[StoredScore], b: Sequence[StoredScore]
+    key: str,
+    a: Sequence[StoredScore],
+    b: Sequence[StoredScore],
+    pooled: dict[bytes, _PooledBleu | None],
 ) -> _MetricInput | None:
-    """The paired inputs of one metric, or None when no shared sample has it on both sides."""
+    """The paired inputs of one metric, or None when no shared sample has it on both sides.
+
+    `pooled` keeps the BLEU statistics per sample set, for the four BLEU metrics to share.
+    """
     rows, a_values, b_values = [], [], []
     for k, (x, y) in enumerate(zip(a, b, strict=True)):
         u, v = _value(x.metrics, key), _value(y.metrics, key)
@@ -380,17 +395,32 @@ def _metric_input(
     if key in ("ROUGE_L", "CIDEr"):
         item.level = "corpus"  # pycocoevalcap's corpus score is this mean
     elif key in BLEU_KEYS:
-        a_comps = [_bleu_comps(a[k].scoring) for k in rows]
-        b_comps = [_bleu_comps(b[k].scoring) for k in rows]
+        sample_set = item.rows.tobytes()
+        if sample_set not in pooled:
+            pooled[sample_set] = _pool_bleu([a[k] for k in rows], [b[k] for k in rows])
+        bleu = pooled[sample_set]
         # imported results may lack the counts: then only the mean of per-sample BLEU is known
-        if all(c is not None for c in a_comps + b_comps):
-            n = BLEU_KEYS.index(key)
-            item.level = "corpus"
-            item.a_counts = bleu_count_matrix(a_comps)  # type: ignore[arg-type]
-            item.b_counts = bleu_count_matrix(b_comps)  # type: ignore[arg-type]
-            item.a_score = pooled_bleu(a_comps)[n]  # type: ignore[arg-type]
-            item.b_score = pooled_bleu(b_comps)[n]  # type: ignore[arg-type]
+        if bleu is not None:
+            n_gram = BLEU_KEYS.index(key)
+            item.level, item.bleu = "corpus", bleu
+            item.a_score, item.b_score = bleu.a_scores[n_gram], bleu.b_scores[n_gram]
     return item
+
+
+def _pool_bleu(a: Sequence[StoredScore], b: Sequence[StoredScore]) -> _PooledBleu | None:
+    """Both sides' BLEU statistics, or None if any sample on either side lacks them."""
+    a_comps = [_bleu_comps(s.scoring) for s in a]
+    b_comps = [_bleu_comps(s.scoring) for s in b]
+    if any(c is None for c in a_comps + b_comps):
+        return None
+    complete_a = [c for c in a_comps if c is not None]
+    complete_b = [c for c in b_comps if c is not None]
+    return _PooledBleu(
+        a_counts=bleu_count_matrix(complete_a),
+        b_counts=bleu_count_matrix(complete_b),
+        a_scores=pooled_bleu(complete_a),
+        b_scores=pooled_bleu(complete_b),
+    )
 
 
 def _value(metrics: Any, key: str) -> float | None:
@@ -427,10 +457,10 @@ def _bootstrap_diffs(
 
     Metrics scored on the same samples share one draw (a fresh generator seeded
     with `seed` per distinct sample set), so their intervals describe the same
-    resamples. A resample is held as how many times it draws each image: the sum
-    over the drawn images is then one matrix product, the same integers as
-    indexing the statistics with the draw and summing (exact in float64), without
-    an (n_resamples, n, columns) array.
+    resamples. A chunk of resamples is held as how many times each draws each
+    image: summing the statistics over the drawn images is then one matrix
+    product, the same integers as indexing them with the draw and summing (exact
+    in float64), without an (n_resamples, n, columns) array.
     """
     groups: dict[bytes, list[_MetricInput]] = {}
     for item in inputs:
@@ -438,18 +468,20 @@ def _bootstrap_diffs(
     out: dict[str, np.ndarray] = {}
     for members in groups.values():
         n = len(members[0].rows)
-        # columns: per metric its A and B values (or BLEU counts), summed per resample
+        # summed per resample: each metric's A and B values, or once per set the BLEU counts
         blocks: list[np.ndarray] = []
-        spans: list[tuple[_MetricInput, int]] = []
+        where: dict[int, int] = {}
         for item in members:
-            start = sum(block.shape[1] for block in blocks)
-            if item.a_counts is not None and item.b_counts is not None:
-                blocks += [item.a_counts.astype(np.float64), item.b_counts.astype(np.float64)]
+            key = id(item.bleu) if item.bleu is not None else id(item)
+            if key in where:
+                continue
+            where[key] = sum(block.shape[1] for block in blocks)
+            if item.bleu is not None:
+                blocks += [item.bleu.a_counts, item.bleu.b_counts]
             else:
                 blocks += [item.a_values[:, None], item.b_values[:, None]]
-            spans.append((item, start))
-        columns = np.hstack(blocks)
-        for item, _ in spans:
+        columns = np.hstack(blocks).astype(np.float64)
+        for item in members:
             out[item.metric] = np.empty(bootstrap)
         rng = np.random.default_rng(seed)
         chunk = max(1, min(bootstrap, CHUNK_CELLS // n))
@@ -459,22 +491,18 @@ def _bootstrap_diffs(
             offsets = (draws + n * np.arange(size)[:, None]).ravel()
             weights = np.bincount(offsets, minlength=size * n).reshape(size, n)
             sums = weights.astype(np.float64) @ columns
-            bleu_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-            for item, start in spans:
-                if item.a_counts is not None:
-                    # the four BLEU metrics of one sample set share their counts
-                    key = id(item.a_counts)
-                    if key not in bleu_cache:
-                        bleu_cache[key] = (
-                            pooled_bleu_rows(sums[:, start : start + BLEU_COLUMNS]),
-                            pooled_bleu_rows(
-                                sums[:, start + BLEU_COLUMNS : start + 2 * BLEU_COLUMNS]
-                            ),
-                        )
-                    a_bleu, b_bleu = bleu_cache[key]
-                    n_gram = BLEU_KEYS.index(item.metric)
-                    diff = b_bleu[:, n_gram] - a_bleu[:, n_gram]
+            bleu_rows: dict[int, np.ndarray] = {}
+            for item in members:
+                if item.bleu is not None:
+                    start = where[id(item.bleu)]
+                    if start not in bleu_rows:
+                        a_bleu = pooled_bleu_rows(sums[:, start : start + BLEU_COLUMNS])
+                        end = start + 2 * BLEU_COLUMNS
+                        b_bleu = pooled_bleu_rows(sums[:, start + BLEU_COLUMNS : end])
+                        bleu_rows[start] = b_bleu - a_bleu
+                    diff = bleu_rows[start][:, BLEU_KEYS.index(item.metric)]
                 else:
+                    start = where[id(item)]
                     diff = (sums[:, start + 1] - sums[:, start]) / n
                 out[item.metric][first : first + size] = diff
     return out
@@ -539,28 +567,10 @@ def _cider_note(
             ]
         if hashes[0] is not None and hashes[0] == hashes[1]:
             return None
-        if n_a == n_b and a[0] != b[0] and _same_plan(store, a[0], b[0], n_a):
-            return None
-    sizes = [", ".join(str(n) for n in sorted(p, key=str)) for p in planned]
+    sizes = [" or ".join(sorted(str(n) if n else "unknown" for n in p)) for p in planned]
     return (
         f"CIDEr-D of {comparison.a} was scored against the document frequencies of "
         f"{sizes[0]} planned images, of {comparison.b} against {sizes[1]} (or another "
         "planned set): a caption's CIDEr-D depends on them, so part of the CIDEr "
         "difference may come from the sets, not the captions"
     )
-
-
-def _same_plan(store: Store, run_a: str, run_b: str, n_images: int) -> bool:
-    """Whether two runs planned the same first n_images images (same references, same DF)."""
-    with store.reader.connect() as conn:
-        sets = [
-            set(
-                conn.execute(
-                    select(PLAN.c.image_id).where(
-                        PLAN.c.run_id == run_id, PLAN.c.position < n_images
-                    )
-                ).scalars()
-            )
-            for run_id in (run_a, run_b)
-        ]
-    return sets[0] == sets[1]
