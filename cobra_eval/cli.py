@@ -767,6 +767,56 @@ def compare_command(
         click.echo(line)
 
 
+@main.command("report")
+@click.argument("run_id", metavar="RUN")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write it [default: OUTPUT_DIR/RUN/report.html].",
+)
+@flag(
+    "bootstrap",
+    type=click.IntRange(min=100),
+    default=1000,
+    show_default=True,
+    help="Bootstrap resamples behind every interval.",
+)
+@flag(
+    "no_thumbnails",
+    is_flag=True,
+    help="Leave the image thumbnails out (about 2 kB per image otherwise).",
+)
+@db_options
+def report_command(
+    run_id: str,
+    output: Path | None,
+    bootstrap: int,
+    no_thumbnails: bool,
+    db: str | None,
+    output_dir: Path,
+) -> None:
+    """Write a self-contained HTML report of RUN, viewable without a network.
+
+    Provenance, corpus metrics with 95% bootstrap intervals (plot and table), the
+    paired method comparison, and a searchable, sortable, paged gallery of every
+    sample with its thumbnail, references, captions, metrics, reasoning and passes.
+    """
+    from cobra_eval.analysis.report import build_report
+    from cobra_eval.store import Store, resolve_url
+
+    target = output or output_dir / run_id / "report.html"
+    with _errors(), Store.open(resolve_url(db, output_dir), create=False) as store:
+        _only_method(
+            store, run_id, next(iter(p.method for p in store.method_progress(run_id)), None)
+        )
+        path = build_report(
+            store, run_id, target, bootstrap=bootstrap, thumbnails=not no_thumbnails
+        )
+    click.echo(f"Report of run {run_id} written to {path}")
+
+
 @main.command("import")
 @click.argument("file", type=click.Path(path_type=Path))
 @flag(

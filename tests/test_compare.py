@@ -11,13 +11,12 @@ import pytest
 
 from cobra_eval.analysis.compare import (
     METRIC_KEYS,
-    bleu_count_matrix,
     compare_run,
     compare_scores,
     compare_sides,
     comparison_table,
-    pooled_bleu_rows,
 )
+from cobra_eval.analysis.resampling import bleu_count_matrix, pooled_bleu_rows
 from cobra_eval.errors import CobraEvalError
 from cobra_eval.metrics.pooling import mean, pooled_bleu
 from cobra_eval.metrics.rescore import rescore_stored

@@ -25,6 +25,13 @@ from typing import Any, Literal
 import numpy as np
 from sqlalchemy import select
 
+from cobra_eval.analysis.resampling import (
+    BLEU_COLUMNS,
+    bleu_comps,
+    bleu_count_matrix,
+    pooled_bleu_rows,
+    resample_weights,
+)
 from cobra_eval.errors import CobraEvalError, ConfigError
 from cobra_eval.metrics.pooling import mean, pooled_bleu
 from cobra_eval.store.repository import Store
@@ -37,10 +44,6 @@ BLEU_KEYS = METRIC_KEYS[:4]
 MIN_BOOTSTRAP = 100
 #: Per-sample scores closer than this are a tie (they are the same arithmetic on floats).
 TIE_TOLERANCE = 1e-12
-#: Resampled image slots held in memory at once (8 bytes each): ~16 MB whatever the sizes.
-CHUNK_CELLS = 2_000_000
-#: Columns of a BLEU count matrix: testlen, reflen, guess[0..3], correct[0..3].
-BLEU_COLUMNS = 10
 
 Level = Literal["corpus", "sample_mean"]
 
@@ -296,45 +299,6 @@ def comparison_table(comparisons: Sequence[Comparison]) -> list[str]:
     return lines
 
 
-# -- vectorised BLEU ------------------------------------------------------------------
-
-
-def bleu_count_matrix(comps: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    """Per-image BLEU statistics as an (n, 10) int64 array.
-
-    Columns: testlen, reflen (closest), guess[0..3], correct[0..3]; rows sum to the
-    totals ``pooled_bleu`` sums.
-    """
-    out = np.zeros((len(comps), BLEU_COLUMNS), dtype=np.int64)
-    for row, c in enumerate(comps):
-        out[row] = [c["testlen"], c["reflen"], *c["guess"][:4], *c["correct"][:4]]
-    return out
-
-
-def pooled_bleu_rows(totals: np.ndarray) -> np.ndarray:
-    """BLEU-1..4 of each row of summed count columns: ``pooled_bleu``'s arithmetic, row-wise.
-
-    Sums and ratios are numpy (IEEE basic operations, bit-identical to Python's);
-    the powers and the brevity penalty go through Python's libm calls, because
-    numpy's SIMD pow/exp differ from them in the last bits on some CPUs and the
-    result must equal ``pooled_bleu`` exactly.
-    """
-    small, tiny = 1e-9, 1e-15  # BleuScorer's constants, as in pooled_bleu
-    totals = np.asarray(totals, dtype=np.float64).reshape(-1, BLEU_COLUMNS)
-    guess, correct = totals[:, 2:6], totals[:, 6:10]
-    products = np.cumprod((correct + tiny) / (guess + small), axis=1)
-    bleus = np.array(
-        [[math.pow(p, 1.0 / (k + 1)) for k, p in enumerate(row)] for row in products.tolist()],
-        dtype=np.float64,
-    ).reshape(-1, 4)
-    ratio = (totals[:, 0] + tiny) / (totals[:, 1] + small)
-    short = ratio < 1
-    if short.any():
-        penalty = np.array([math.exp(x) for x in (1 - 1 / ratio[short]).tolist()])
-        bleus[short] = bleus[short] * penalty[:, None]
-    return bleus
-
-
 # -- inside -------------------------------------------------------------------------
 
 
@@ -409,8 +373,8 @@ def _metric_input(
 
 def _pool_bleu(a: Sequence[StoredScore], b: Sequence[StoredScore]) -> _PooledBleu | None:
     """Both sides' BLEU statistics, or None if any sample on either side lacks them."""
-    a_comps = [_bleu_comps(s.scoring) for s in a]
-    b_comps = [_bleu_comps(s.scoring) for s in b]
+    a_comps = [bleu_comps(s.scoring) for s in a]
+    b_comps = [bleu_comps(s.scoring) for s in b]
     if any(c is None for c in a_comps + b_comps):
         return None
     complete_a = [c for c in a_comps if c is not None]
@@ -428,26 +392,6 @@ def _value(metrics: Any, key: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
-
-
-def _bleu_comps(scoring: Any) -> dict[str, Any] | None:
-    """A sample's stored BLEU statistics, if complete and integral (as 'closest' gives them)."""
-    comps = scoring.get("bleu") if isinstance(scoring, dict) else None
-    if not isinstance(comps, dict):
-        return None
-    try:
-        values = [comps["testlen"], comps["reflen"], *comps["guess"], *comps["correct"]]
-    except (KeyError, TypeError):
-        return None
-    if len(values) != BLEU_COLUMNS or not all(_integral(v) for v in values):
-        return None
-    return comps
-
-
-def _integral(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return isinstance(value, int) or value.is_integer()
 
 
 def _bootstrap_diffs(
@@ -483,14 +427,9 @@ def _bootstrap_diffs(
         columns = np.hstack(blocks).astype(np.float64)
         for item in members:
             out[item.metric] = np.empty(bootstrap)
-        rng = np.random.default_rng(seed)
-        chunk = max(1, min(bootstrap, CHUNK_CELLS // n))
-        for first in range(0, bootstrap, chunk):
-            size = min(chunk, bootstrap - first)
-            draws = rng.integers(0, n, size=(size, n))
-            offsets = (draws + n * np.arange(size)[:, None]).ravel()
-            weights = np.bincount(offsets, minlength=size * n).reshape(size, n)
-            sums = weights.astype(np.float64) @ columns
+        for first, weights in resample_weights(n, bootstrap, seed):
+            size = len(weights)
+            sums = weights @ columns
             bleu_rows: dict[int, np.ndarray] = {}
             for item in members:
                 if item.bleu is not None:

@@ -10,12 +10,19 @@ Java scorer and SPICE has no per-image statistics here, so neither gets an inter
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from cobra_eval.analysis.resampling import (
+    bleu_comps,
+    bleu_count_matrix,
+    pooled_bleu_rows,
+    resample_weights,
+)
 from cobra_eval.metrics import METRIC_GROUPS
 from cobra_eval.metrics.pooling import mean, pooled_bleu
 from cobra_eval.store.scores import StoredScore
@@ -24,8 +31,6 @@ from cobra_eval.store.scores import StoredScore
 MEAN_METRICS = ("ROUGE_L", "CIDEr")
 #: Every official metric key, in the order tables and plots show them.
 METRIC_ORDER = tuple(key for keys in METRIC_GROUPS.values() for key in keys)
-#: Replicates resampled per matrix product: bounds memory at 5000 images x 1000 replicates.
-_CHUNK = 200
 
 
 @dataclass(frozen=True)
@@ -56,18 +61,13 @@ def corpus_intervals(
     """
     ids = sorted(scores)  # a fixed order: the seed alone decides the replicates
     out: dict[str, CorpusInterval] = {}
-    comps = [_bleu_comps(scores[i].scoring) for i in ids]
+    comps = [bleu_comps(scores[i].scoring) for i in ids]
     bleu = [c for c in comps if c is not None]
     if bleu:
         # columns: testlen, reflen, guess 1..4, correct 1..4 (pooled_bleu's inputs)
-        matrix = np.array(
-            [[c["testlen"], c["reflen"], *c["guess"][:4], *c["correct"][:4]] for c in bleu],
-            dtype=float,
-        )
+        matrix = bleu_count_matrix(bleu).astype(np.float64)
         point = pooled_bleu(bleu)
-        replicates = np.array(
-            [pooled_bleu([_as_comps(row)]) for row in _replicate_sums(matrix, bootstrap, seed)]
-        ).reshape(-1, 4)
+        replicates = pooled_bleu_rows(_replicate_sums(matrix, bootstrap, seed))
         for k, key in enumerate(METRIC_GROUPS["bleu"]):
             out[key] = _interval(key, point[k], replicates[:, k], len(bleu), level)
     for key in MEAN_METRICS:
@@ -92,39 +92,12 @@ def _interval(
 
 def _replicate_sums(matrix: np.ndarray, bootstrap: int, seed: int) -> np.ndarray:
     """Column sums of `bootstrap` resamples (with replacement) of the matrix's rows."""
-    n = matrix.shape[0]
-    if bootstrap <= 0 or n == 0:
+    if bootstrap <= 0 or matrix.shape[0] == 0:
         return np.zeros((0, matrix.shape[1]))
-    rng = np.random.default_rng(seed)
-    chunks = []
-    for start in range(0, bootstrap, _CHUNK):
-        size = min(_CHUNK, bootstrap - start)
-        # how often each row is drawn in each replicate, so one matrix product sums them all
-        drawn = rng.integers(0, n, size=(size, n)) + (np.arange(size) * n)[:, None]
-        counts = np.bincount(drawn.ravel(), minlength=size * n).reshape(size, n)
-        chunks.append(counts.astype(float) @ matrix)
-    return np.vstack(chunks)
-
-
-def _as_comps(row: np.ndarray) -> dict[str, Any]:
-    # sums of integer counts are exact in float64 far beyond any caption corpus
-    ints = [round(float(v)) for v in row]
-    return {"testlen": ints[0], "reflen": ints[1], "guess": ints[2:6], "correct": ints[6:10]}
-
-
-def _bleu_comps(scoring: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    comps = scoring.get("bleu") if isinstance(scoring, Mapping) else None
-    if not isinstance(comps, Mapping):
-        return None
-    guess, correct = comps.get("guess"), comps.get("correct")
-    if not isinstance(guess, Sequence) or not isinstance(correct, Sequence):
-        return None
-    if len(guess) < 4 or len(correct) < 4:
-        return None
-    return dict(comps)
+    return np.vstack([w @ matrix for _, w in resample_weights(matrix.shape[0], bootstrap, seed)])
 
 
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    return float(value) if math.isfinite(value) else None

@@ -86,7 +86,8 @@ def corpus_svg(
                     f'<line class="cap" x1="{x - 5:.1f}" x2="{x + 5:.1f}" y1="{hi:.1f}" '
                     f'y2="{hi:.1f}" stroke-width="2"/>'
                 )
-            parts.append(f'<circle class="point" cx="{x:.1f}" cy="{_y(iv.value, y0, top):.1f}" r="4"/></g>')
+            cy = _y(iv.value, y0, top)
+            parts.append(f'<circle class="point" cx="{x:.1f}" cy="{cy:.1f}" r="4"/></g>')
         parts.append("</g>")
     parts.append("</svg>")
     return "".join(parts)
