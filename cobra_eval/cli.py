@@ -138,6 +138,15 @@ def _method_choices() -> list[str]:
     help="Samples per generation call.",
 )
 @flag(
+    "durability",
+    type=click.Choice(["normal", "full"]),
+    default="normal",
+    show_default=True,
+    help="SQLite: 'normal' keeps every committed sample through a process crash; 'full' "
+    "also through a power loss or OS crash (an fsync per sample, slower). PostgreSQL "
+    "keeps its server's setting.",
+)
+@flag(
     "workers",
     type=click.IntRange(min=1),
     default=1,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -52,6 +52,10 @@ class RunSettings(BaseModel):
     run_id: str | None = Field(None, description="Run to create, resume or extend.")
     fresh: bool = Field(False, description="Always start a new run.")
     batch_size: int = Field(8, ge=1, description="Samples per backend call.")
+    durability: Literal["normal", "full"] = Field(
+        "normal",
+        description="SQLite: normal survives a process crash, full also a power loss.",
+    )
     lease_seconds: float = Field(
         120.0, gt=0, description="A crashed worker's claimed samples are taken over after this."
     )
@@ -94,6 +98,7 @@ class RunSettings(BaseModel):
             "dtype": self.dtype,
             "dataset_path": self.dataset,
             "images": str(self.images) if self.images else None,
+            "durability": self.durability,
             **(
                 {"api_base": redact_url(self.api_base), "concurrency": self.concurrency}
                 if self.api_base

@@ -13,10 +13,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
 from cobra_eval.backends import Backend, BackendOptions, GenerationRequest, create_backend
 from cobra_eval.config import RunSettings, fingerprint
 from cobra_eval.datasets import Sample, load_dataset, select_samples
-from cobra_eval.errors import CobraEvalError
+from cobra_eval.errors import CobraEvalError, StoreError
 from cobra_eval.generation import CachedGenerator
 from cobra_eval.methods import Method, PassOutput, resolve_methods
 from cobra_eval.methods.prompts import load_prompts_file
@@ -36,7 +38,7 @@ from cobra_eval.store.claims import (
     release,
     release_export_lease,
 )
-from cobra_eval.store.engine import worker_identity
+from cobra_eval.store.engine import database_error_message, worker_identity
 from cobra_eval.store.models import utcnow
 from cobra_eval.store.scores import (
     ScoreUpdate,
@@ -145,25 +147,47 @@ def run_evaluation(
         "dataset": {"identity": dataset.identity, "split": dataset.split, **chosen.selection},
     }
     method_cfgs = {m.name: {"name": m.name, **m.config()} for m in methods}
-    with Store.open(resolve_url(settings.db, settings.output_dir)) as store:
-        run, resumed = resolve_run(store, settings, run_cfg, method_cfgs, reporter)
-        if on_run is not None:
-            on_run(run.id)
-        store.ensure_plan(run.id, [s.image_id for s in selected])
-        generator = CachedGenerator(backend, store, run_cfg["model"], enabled=settings.cache)
-        scorer = open_scorer(store, run.id, selected, settings.metrics)
-        summaries = []
-        try:
-            for method in methods:
-                loop = _MethodLoop(
-                    store, run.id, method, selected, settings, generator, scorer, reporter, record
-                )
-                summaries.append(loop.run(method_cfgs[method.name], resumed))
-        finally:
-            scorer.close()
-        if all(s.processed >= s.total for s in summaries):
-            store.set_run_status(run.id, "finished")
-        return RunSummary(run.id, store.display, summaries)
+    url = resolve_url(settings.db, settings.output_dir)
+    try:
+        with Store.open(url, durability=settings.durability) as store:
+            return _run_in_store(
+                store, settings, methods, selected, record, backend, run_cfg, method_cfgs,
+                reporter, on_run,
+            )  # fmt: skip
+    except OperationalError as exc:
+        raise StoreError(database_error_message(exc, url)) from None
+
+
+def _run_in_store(
+    store: Store,
+    settings: RunSettings,
+    methods: Sequence[Method],
+    selected: Sequence[Sample],
+    record: dict[str, Any],
+    backend: Backend,
+    run_cfg: dict[str, Any],
+    method_cfgs: dict[str, dict[str, Any]],
+    reporter: Reporter,
+    on_run: Callable[[str], None] | None,
+) -> RunSummary:
+    run, resumed = resolve_run(store, settings, run_cfg, method_cfgs, reporter)
+    if on_run is not None:
+        on_run(run.id)
+    store.ensure_plan(run.id, [s.image_id for s in selected])
+    generator = CachedGenerator(backend, store, run_cfg["model"], enabled=settings.cache)
+    scorer = open_scorer(store, run.id, selected, settings.metrics)
+    summaries = []
+    try:
+        for method in methods:
+            loop = _MethodLoop(
+                store, run.id, method, selected, settings, generator, scorer, reporter, record
+            )
+            summaries.append(loop.run(method_cfgs[method.name], resumed))
+    finally:
+        scorer.close()
+    if all(s.processed >= s.total for s in summaries):
+        store.set_run_status(run.id, "finished")
+    return RunSummary(run.id, store.display, summaries)
 
 
 class _MethodLoop:

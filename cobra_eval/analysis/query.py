@@ -18,7 +18,7 @@ from datetime import date, datetime
 from typing import Any
 
 from cobra_eval.errors import CobraEvalError
-from cobra_eval.store.engine import BUSY_TIMEOUT_S, mask_url, sqlite_path
+from cobra_eval.store.engine import busy_timeout_s, mask_url, sqlite_path
 
 #: What the SQLite authorizer lets a query do: read tables and call functions.
 _SQLITE_ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
@@ -51,7 +51,7 @@ def run_query(url: str, sql: str) -> QueryResult:
 
 def _sqlite(path: str, sql: str) -> QueryResult:
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=busy_timeout_s())
     except sqlite3.Error as exc:
         raise QueryError(f"cannot open {path} read-only: {exc}") from None
 

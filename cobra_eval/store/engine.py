@@ -22,6 +22,10 @@ from cobra_eval.errors import StoreError
 DB_ENV = "COBRA_EVAL_DB"
 DEFAULT_DB_NAME = "cobra_eval.db"
 BUSY_TIMEOUT_S = 30.0
+#: Overrides BUSY_TIMEOUT_S (seconds): how long a write waits for another process's lock.
+BUSY_TIMEOUT_ENV = "COBRA_EVAL_BUSY_TIMEOUT"
+#: --durability: SQLite's synchronous setting in WAL mode (PostgreSQL keeps its own).
+DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 READ_ONLY_OPTION = "cobra_eval_read_only"
 
 
@@ -88,12 +92,20 @@ def head_revision() -> str:
     return str(head)
 
 
-def make_engine(url: str) -> Engine:
+def busy_timeout_s() -> float:
+    """Seconds a write waits for a lock another process holds (COBRA_EVAL_BUSY_TIMEOUT)."""
+    try:
+        return float(os.environ.get(BUSY_TIMEOUT_ENV) or BUSY_TIMEOUT_S)
+    except ValueError:
+        return BUSY_TIMEOUT_S
+
+
+def make_engine(url: str, *, durability: str = "normal") -> Engine:
     """An engine with the per-dialect settings above; nothing is connected yet."""
     kwargs: dict[str, Any] = {}
     is_sqlite = make_url(url).get_backend_name() == "sqlite"
     if is_sqlite:
-        kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}
+        kwargs["connect_args"] = {"timeout": busy_timeout_s(), "check_same_thread": False}
     try:
         engine = create_engine(url, **kwargs)
     except ImportError as exc:
@@ -102,18 +114,20 @@ def make_engine(url: str) -> Engine:
             "install it, e.g. pip install 'psycopg[binary]' for postgresql+psycopg"
         ) from None
     if is_sqlite:
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, DURABILITY[durability])
     return engine
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, synchronous: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Driver-level autocommit, so the BEGIN below is the only transaction start.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s() * 1000)}")
         cur.execute("PRAGMA journal_mode = WAL")
+        # NORMAL: a commit survives a process crash; FULL: also a power loss (fsync per commit)
+        cur.execute(f"PRAGMA synchronous = {synchronous}")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
 
@@ -185,7 +199,7 @@ def _version() -> str:
     return __version__
 
 
-def open_engine(url: str, *, upgrade: bool = True) -> Engine:
+def open_engine(url: str, *, upgrade: bool = True, durability: str = "normal") -> Engine:
     """Open (creating if needed) a results database and bring its schema to head.
 
     A database stamped with a revision this tool does not know is refused
@@ -203,7 +217,7 @@ def open_engine(url: str, *, upgrade: bool = True) -> Engine:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot create the folder for database {path}: {exc}") from None
-    engine = make_engine(url)
+    engine = make_engine(url, durability=durability)
     try:
         if path is None:
             _check_known(_stored_revision(engine), where)
@@ -242,6 +256,22 @@ def current_revision(url: str) -> str | None:
         return _stored_revision(engine)
     finally:
         engine.dispose()
+
+
+def database_error_message(exc: BaseException, url: str) -> str:
+    """One clear line for a database that failed mid-run (locked, gone, full, read-only)."""
+    text = str(getattr(exc, "orig", exc) or exc).strip().splitlines()[0]
+    where = mask_url(url)
+    kept = (
+        "every sample committed before is kept; run the same command again with "
+        "--resume_from_checkpoint to continue"
+    )
+    if "locked" in text or "busy" in text:
+        return (
+            f"the database {where} was locked by another process for more than "
+            f"{busy_timeout_s():g} s (the busy timeout); {kept}"
+        )
+    return f"the database {where} failed: {text}; {kept}"
 
 
 def worker_identity() -> str:

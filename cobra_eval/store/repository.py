@@ -90,7 +90,7 @@ class Store:
         self.url = url
 
     @classmethod
-    def open(cls, url: str, *, create: bool = True) -> Store:
+    def open(cls, url: str, *, create: bool = True, durability: str = "normal") -> Store:
         """Open a database by SQLAlchemy URL, upgrading its schema to head.
 
         With create=False a missing SQLite file is an error instead of a new database.
@@ -101,7 +101,7 @@ class Store:
                 f"no results database at {path} (nothing has run there yet; "
                 "check --output_dir or --db)"
             )
-        return cls(open_engine(url), url)
+        return cls(open_engine(url, durability=durability), url)
 
     def close(self) -> None:
         """Release every connection."""

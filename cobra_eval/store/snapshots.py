@@ -120,13 +120,18 @@ def export_snapshot(
     data = dumps(doc)
     folder = method_dir(output_dir, run_id, method)
     count = doc.checkpoint_info.processed_count
-    if is_checkpoint:
-        path = folder / checkpoint_name(method, count, when)
+    path = folder / (checkpoint_name(method, count, when) if is_checkpoint else final_name(method))
+    try:
         write_atomic(path, data)
-        write_atomic(folder / latest_name(method), data)
-    else:
-        path = folder / final_name(method)
-        write_atomic(path, data)
+        if is_checkpoint:
+            write_atomic(folder / latest_name(method), data)
+    except OSError as exc:
+        # a full disk or a folder that became read-only: the samples are safe in the database
+        raise StoreError(
+            f"cannot write {path}: {exc.strerror or exc}; every sample is still in the database "
+            f"({store.display}) and no partial file was left; free the space or fix the folder, "
+            "then run again with --resume_from_checkpoint (the missed file is written then)"
+        ) from None
     digest = hashlib.sha256(data).hexdigest()
     store.record_checkpoint(
         run_id,
