@@ -157,3 +157,14 @@ def test_a_database_of_an_older_schema_is_upgraded_keeping_its_rows(tmp_path: Pa
     con = sqlite3.connect(db)
     assert con.execute("SELECT version_num FROM alembic_version").fetchone() == (head_revision(),)
     assert con.execute("SELECT COUNT(*) FROM generation_cache").fetchone() == (0,)
+
+
+def test_durability_full_makes_sqlite_sync_every_commit(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    for durability, expected in (("normal", 1), ("full", 2)):
+        db = tmp_path / f"{durability}.db"
+        with Store.open(resolve_url(str(db)), durability=durability) as store:
+            with store.engine.connect() as conn:
+                assert conn.execute(text("PRAGMA synchronous")).scalar() == expected
+                assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
