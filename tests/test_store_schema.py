@@ -164,7 +164,7 @@ def test_durability_full_makes_sqlite_sync_every_commit(tmp_path: Path) -> None:
 
     for durability, expected in (("normal", 1), ("full", 2)):
         db = tmp_path / f"{durability}.db"
-        with Store.open(resolve_url(str(db)), durability=durability) as store:
-            with store.engine.connect() as conn:
-                assert conn.execute(text("PRAGMA synchronous")).scalar() == expected
-                assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        store = Store.open(resolve_url(str(db)), durability=durability)
+        with store, store.engine.connect() as conn:
+            assert conn.execute(text("PRAGMA synchronous")).scalar() == expected
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
