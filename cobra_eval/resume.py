@@ -11,9 +11,14 @@ from cobra_eval.errors import CheckpointFileError, ConfigError, ConfigMismatchEr
 from cobra_eval.progress import Reporter
 from cobra_eval.store import RunInfo, Store
 from cobra_eval.store.checkpoint_io import find_candidates, read_checkpoint
-from cobra_eval.store.snapshots import check_file_config, import_document
+from cobra_eval.store.snapshots import check_file_config, check_output_folder, import_document
 
 FRESH_HINT = "Run with the same settings to continue it, or start a new run with --fresh."
+#: --fresh cannot be combined with --load_results: the way to a new run is without the file.
+LOAD_HINT = (
+    "Run with the settings it was made with to continue it, or leave out --load_results "
+    "to start a new run."
+)
 
 
 def current_config(
@@ -38,6 +43,8 @@ def resolve_run(
         raise ConfigError(
             "--fresh starts a new run; it cannot be combined with resuming or loading"
         )
+    # a run that cannot write its JSON files would be left in the database, started and empty
+    check_output_folder(settings.output_dir)
     run_fp = fingerprint(run_cfg)
     if settings.load_results is not None:
         return _load_file(store, settings, run_cfg, method_cfgs, reporter), True
@@ -141,7 +148,7 @@ def _load_file(
         )
     method = doc.meta.method
     current = current_config(run_cfg, method_cfgs[method], {})
-    check_file_config(doc, current, str(path))
+    check_file_config(doc, current, str(path), hint=LOAD_HINT)
     reporter.message(f"Found checkpoint: {path.name}")
     summary = import_document(store, doc, run_id=settings.run_id, source=str(path))
     run = store.get_run(summary.run_id)

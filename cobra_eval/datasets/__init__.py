@@ -28,6 +28,10 @@ def load_dataset(spec: str | None, images: Path | None = None, split: str | None
         demo_split = spec.partition(":")[2] or "eval"
         dataset = load_coco(ensure_demo_dataset(demo_split), None, demo_split)
         return Dataset("demo", dataset.identity, demo_split, dataset.samples)
+    if images is not None and not images.is_dir():
+        # otherwise every sample would be reported as a missing image file
+        what = "is not a folder" if images.exists() else "does not exist"
+        raise DatasetError(f"--images {images} {what}")
     path = Path(spec)
     if path.is_dir():
         found = [path / name for name in FOLDER_FILES if (path / name).is_file()]

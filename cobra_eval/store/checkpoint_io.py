@@ -22,13 +22,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cobra_eval.errors import CheckpointFileError
+from cobra_eval.errors import CheckpointFileError, StoreError
 from cobra_eval.store.engine import process_alive
 
 FORMAT_VERSION = 1
 #: Files larger than this are refused before parsing: no real run comes close.
 MAX_FILE_BYTES = 2 * 1024**3
 STAMP_FORMAT = "%Y%m%d_%H%M%S"
+#: Run ids and method names name folders under --output_dir: no separators, no leading dot.
+FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
 class ResultRecord(BaseModel):
@@ -70,6 +72,17 @@ class CheckpointMeta(BaseModel):
     run_id: str | None = Field(None, description="The run in the database (beyond the guide).")
     tool_version: str | None = Field(None, description="cobra_eval version that wrote it.")
     format_version: int = Field(FORMAT_VERSION, description="Version of this file shape.")
+
+    @field_validator("method", "run_id")
+    @classmethod
+    def _folder_name(cls, value: str | None) -> str | None:
+        # both become folders of the output dir: '../x' in a file must not write outside it
+        if value is not None and not FOLDER_NAME.match(value):
+            raise ValueError(
+                f"{value!r} cannot name a folder (use letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit)"
+            )
+        return value
 
 
 class CheckpointInfo(BaseModel):
@@ -133,6 +146,9 @@ def final_name(method: str) -> str:
 
 def method_dir(output_dir: Path, run_id: str, method: str) -> Path:
     """<output_dir>/<run_id>/<method>/"""
+    for name in (run_id, method):
+        if not FOLDER_NAME.match(name):
+            raise StoreError(f"{name!r} cannot name a folder under {output_dir}")
     return output_dir / run_id / method
 
 
@@ -233,9 +249,13 @@ def read_checkpoint(path: Path) -> CheckpointFile:
     except UnicodeDecodeError:
         raise CheckpointFileError(f"{path}: not valid JSON (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:
-        hint = " (the file looks truncated)" if exc.pos >= len(raw.rstrip()) else ""
+        # a string never closed runs to the end: the file stops inside it
+        unterminated = exc.msg.startswith("Unterminated string")
+        truncated = unterminated or exc.pos >= len(raw.rstrip())
+        hint = " (the file looks truncated)" if truncated else ""
+        what = "unterminated string" if unterminated else exc.msg
         raise CheckpointFileError(
-            f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}{hint}"
+            f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {what}{hint}"
         ) from None
     return parse_checkpoint(data, str(path))
 
@@ -259,11 +279,23 @@ def parse_checkpoint(data: Any, source: str) -> CheckpointFile:
             where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(
                 "."
             )
-            problems.append(f"{where or 'file'}: {err['msg']}")
+            problems.append(f"{where or 'file'}: {_plain(err)}")
         more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
         raise CheckpointFileError(
             f"{source}: wrong shape for a checkpoint or results file: {'; '.join(problems)}{more}"
         ) from None
+
+
+def _plain(err: Any) -> str:
+    """A validation problem in the file's terms (JSON types), not pydantic's internals."""
+    kind = err["type"]
+    if kind in ("model_type", "dict_type"):
+        return "should be a JSON object"
+    if kind == "list_type":
+        return "should be a JSON array"
+    if kind == "value_error":  # our validators' own sentences, without "Value error, "
+        return str(err.get("ctx", {}).get("error", err["msg"]))
+    return str(err["msg"])
 
 
 _TEMP = re.compile(r"^\.(?P<name>.+\.json)\.(?P<host>[^.]+(?:\.[^.]+)*)\.(?P<pid>\d+)\..+\.tmp$")

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
 from cobra_eval.errors import StoreError
 
@@ -35,9 +35,17 @@ def resolve_url(db: str | None, output_dir: Path | str = "results") -> str:
         return "sqlite:///" + str((Path(output_dir) / DEFAULT_DB_NAME).resolve())
     if "://" in db:
         try:
-            make_url(db)
+            parsed = make_url(db)
         except ArgumentError as exc:
             raise StoreError(f"--db {mask_url(db)!r} is not a valid database URL: {exc}") from None
+        try:
+            parsed.get_dialect()
+        except NoSuchModuleError:
+            raise StoreError(
+                f"--db {mask_url(db)!r} is not a database this tool can open: no SQLAlchemy "
+                f"dialect {parsed.drivername!r} is installed (use a SQLite file path or e.g. "
+                "postgresql+psycopg://USER@HOST/DB)"
+            ) from None
         return db
     return "sqlite:///" + str(Path(db).expanduser().resolve())
 
@@ -227,6 +235,10 @@ def open_engine(url: str, *, upgrade: bool = True, durability: str = "normal") -
             upgrade_schema(engine, url)
     except OperationalError as exc:
         engine.dispose()
+        if path is not None and not path.exists() and not os.access(path.parent, os.W_OK):
+            raise StoreError(
+                f"cannot create database {path}: its folder {path.parent} is not writable"
+            ) from None
         raise StoreError(f"cannot open database {where}: {exc.orig}") from None
     except SQLAlchemyError as exc:
         engine.dispose()

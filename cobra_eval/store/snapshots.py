@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -155,6 +156,22 @@ def prepare_method_folder(output_dir: Path, run_id: str, method: str) -> list[Pa
     return remove_stale_temps(folder)
 
 
+def check_output_folder(output_dir: Path) -> None:
+    """Refuse an output folder that cannot be written, before the run stores anything.
+
+    Probes the folder (or, if it does not exist yet, the nearest existing folder
+    above it, where it would be created) with an unnamed temp file: creates nothing.
+    """
+    folder = output_dir.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise StoreError(f"cannot write to output folder {output_dir}: {exc.strerror}") from None
+
+
 def catch_up_checkpoint(
     store: Store, output_dir: Path, run_id: str, method: str, *, interval: int, processed: int
 ) -> ExportedFile | None:
@@ -168,9 +185,14 @@ def catch_up_checkpoint(
 
 
 def check_file_config(
-    doc: CheckpointFile, current: dict[str, Any], source: str, method: str | None = None
+    doc: CheckpointFile,
+    current: dict[str, Any],
+    source: str,
+    method: str | None = None,
+    *,
+    hint: str = "Run with the same settings, or start over with --fresh.",
 ) -> None:
-    """Refuse a file made by another method or another semantic config."""
+    """Refuse a file made by another method or another semantic config (hint: what to do)."""
     if method is not None and doc.meta.method != method:
         raise ConfigMismatchError(
             f"{source}",
@@ -180,9 +202,7 @@ def check_file_config(
         )
     differences = diff_configs(semantic(doc.meta.config), semantic(current))
     if differences:
-        raise ConfigMismatchError(
-            source, differences, hint="Run with the same settings, or start over with --fresh."
-        )
+        raise ConfigMismatchError(source, differences, hint=hint)
 
 
 def import_document(
