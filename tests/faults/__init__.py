@@ -1,0 +1,1 @@
+"""Fault injection against the real demo model: the tool's durability promise under SIGKILL."""
