@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.generation_throughput
 	$(PY) -m benchmarks.metric_cost
 	$(PY) -m benchmarks.compare_cost
+	$(PY) -m benchmarks.store_cost
 
 clean:
 	rm -rf build dist $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache
