@@ -6,6 +6,8 @@
    result, its pass and its metric rows), WAL, synchronous=NORMAL, on this disk.
 2. Resume planning for a run with --planned samples of which --done have
    results: the pending-ids query, and a worker's claim of its first batch.
+3. A checkpoint export (read from the database, serialise, write, fsync, rename)
+   of 1,000 and 10,000 results: the growth with N.
 """
 
 from __future__ import annotations
@@ -80,6 +82,31 @@ def planning_cost(folder: Path, planned: int, done: int, repeats: int) -> tuple[
     return pending_ms, claim_ms
 
 
+def export_cost(folder: Path, n: int, repeats: int) -> list[float]:
+    from cobra_eval.store.snapshots import export_snapshot
+
+    with Store.open(resolve_url(str(folder / f"export{n}.db"))) as store:
+        store.create_run("r", CONFIG, "f")
+        store.ensure_plan("r", list(range(n)))
+        store.ensure_method("r", "baseline", config={"name": "baseline"}, fingerprint="m",
+                            settings={}, total=n)  # fmt: skip
+        now = utcnow()
+        one = record(0)
+        rows = [{"run_id": "r", "method": "baseline", "image_id": i, "status": "ok",
+                 "reference_captions": one.reference_captions,
+                 "generated_caption": one.generated_caption, "reasoning_trace": "",
+                 "metadata": one.metadata, "metrics": one.metrics, "worker": "bench:1",
+                 "created_at": now} for i in range(n)]  # fmt: skip
+        with store.engine.begin() as conn:
+            conn.execute(insert(RESULT), rows)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            export_snapshot(store, folder / "out", "r", "baseline", is_checkpoint=True)
+            times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--commits", type=int, default=500)
@@ -91,6 +118,7 @@ def main() -> None:
         folder = Path(tmp)
         commits = commit_cost(folder, args.commits)
         pending, claims = planning_cost(folder, args.planned, args.done, args.repeats)
+        exports = {n: export_cost(folder, n, args.repeats) for n in (1_000, 10_000)}
 
     def show(values: list[float]) -> str:
         return f"median {statistics.median(values):.2f} ms (min {min(values):.2f}, " \
@@ -100,6 +128,8 @@ def main() -> None:
           f"commits: {show(commits)}")  # fmt: skip
     print(f"resume planning, {args.planned} planned / {args.done} done: pending ids "
           f"{show(pending)}; claim of the first batch {show(claims)}")  # fmt: skip
+    for n, times in exports.items():
+        print(f"checkpoint export of {n} results: {show(times)}")
 
 
 if __name__ == "__main__":
