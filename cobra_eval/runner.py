@@ -213,6 +213,7 @@ class _MethodLoop:
         self.record = record
         #: scores of the successful results in this selection: what corpus scores pool
         self.scored: dict[int, SampleScore] = {}
+        self.scores_loaded_at = utcnow()
 
     def run(self, method_cfg: dict[str, Any], resumed: bool) -> MethodSummary:
         name = self.method.name
@@ -234,6 +235,8 @@ class _MethodLoop:
             self.reporter.message(
                 f"Loaded checkpoint: {processed} samples processed, {remaining} remaining"
             )
+        # results other workers commit from now on are picked up at each checkpoint
+        self.scores_loaded_at = utcnow()
         rescored = self._load_scores()
         interval = self.settings.checkpoint_interval
         prepare_method_folder(self.settings.output_dir, self.run_id, name)
@@ -444,8 +447,6 @@ class _MethodLoop:
             f"Rescored {len(updates)} earlier samples of {self.method.name} against the "
             f"{self.scorer.planned} planned samples' references (CIDEr-D document frequencies)"
         )
-        # keep self.scored in plan order: corpus means are summed in that order
-        self.scored = {i: self.scored[i] for i in self.samples if i in self.scored}
         return len(updates)
 
     def _refreshed_metadata(
@@ -468,9 +469,10 @@ class _MethodLoop:
         if not self.settings.metrics or not self.scorer.available:
             return None
         self._add_others_scores()
-        if not self.scored:
+        # in plan order: corpus means are summed in that order
+        samples = [self.scored[i] for i in self.samples if i in self.scored]
+        if not samples:
             return None
-        samples = list(self.scored.values())
         scores = self.scorer.corpus(samples)
         record_corpus_metrics(
             self.store, self.run_id, self.method.name, scores, n=len(samples), scope=scope
@@ -478,16 +480,15 @@ class _MethodLoop:
         return CorpusScores(n=len(samples), scores=scores)
 
     def _add_others_scores(self) -> None:
-        """Scores of results other workers committed meanwhile, in plan order with ours."""
-        missing = [i for i in self.samples if i not in self.scored]
-        if not missing:
+        """Scores of results other workers committed since this worker loaded the stored ones."""
+        if len(self.scored) >= len(self.samples):
             return
-        stored = stored_scores(self.store, self.run_id, self.method.name)
-        for image_id in missing:
-            entry = stored.get(image_id)
-            if entry is not None and entry.scoring and self.scorer.covers(entry.scoring):
+        others = stored_scores(self.store, self.run_id, self.method.name,
+                               since=self.scores_loaded_at, other_than=self.worker)  # fmt: skip
+        for image_id, entry in others.items():
+            if image_id in self.samples and image_id not in self.scored and entry.scoring \
+                    and self.scorer.covers(entry.scoring):  # fmt: skip
                 self.scored[image_id] = SampleScore(dict(entry.metrics), dict(entry.scoring))
-        self.scored = {i: self.scored[i] for i in self.samples if i in self.scored}
 
     def _final_corpus(self, *, reuse: bool) -> CorpusScores | None:
         """Corpus metrics of the method's successful results in this selection.
@@ -502,7 +503,6 @@ class _MethodLoop:
         reused = self._stored_final(len(self.scored)) if reuse else None
         if reused is not None:
             return reused
-        self.scored = {i: self.scored[i] for i in self.samples if i in self.scored}
         out = self._corpus("final") or CorpusScores(n=len(self.scored))
         if not self.scorer.available:
             out.unavailable.update(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -46,11 +47,25 @@ class CorpusRecord:
     scores: dict[str, float] = field(default_factory=dict)
 
 
-def stored_scores(store: Store, run_id: str, method: str) -> dict[int, StoredScore]:
-    """Metrics and scoring statistics of a method's successful results, by image id."""
+def stored_scores(
+    store: Store,
+    run_id: str,
+    method: str,
+    *,
+    since: datetime | None = None,
+    other_than: str | None = None,
+) -> dict[int, StoredScore]:
+    """Metrics and scoring statistics of a method's successful results, by image id.
+
+    since and other_than keep only results committed from that time on by another worker.
+    """
     query = select(RESULT.c.image_id, RESULT.c.metrics, RESULT.c.scoring).where(
         RESULT.c.run_id == run_id, RESULT.c.method == method, RESULT.c.status == "ok"
     )
+    if since is not None:
+        query = query.where(RESULT.c.created_at >= since)
+    if other_than is not None:
+        query = query.where(RESULT.c.worker != other_than)
     with store.reader.connect() as conn:
         return {r.image_id: StoredScore(r.metrics, r.scoring) for r in conn.execute(query)}
 
