@@ -53,6 +53,8 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.metric_cost
 	$(PY) -m benchmarks.compare_cost
 	$(PY) -m benchmarks.store_cost
+	$(PY) -m benchmarks.run_overhead
+	$(PY) -m benchmarks.run_memory
 
 clean:
 	rm -rf build dist $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache

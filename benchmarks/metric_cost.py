@@ -3,12 +3,15 @@
     python -m benchmarks.metric_cost [--images 5000] [--repeats 3]
 
 1. Per-sample scoring as a run does it (batches of 16, BLEU + ROUGE-L + CIDEr-D,
-   one PTB tokenizer call per batch): milliseconds per sample.
+   one PTB tokenizer call per batch): milliseconds per sample; and the scoring
+   alone (already tokenized text, no Java).
 2. Corpus scores at a checkpoint, pooled from the per-sample statistics of the
    samples scored in 1 (no Java): milliseconds per checkpoint.
 3. Corpus scoring of N captions (Java-free metrics after PTB tokenization) with
    cobra_eval's `score_corpus` against pycocoevalcap's own pipeline on the same
-   input, and whether the scores are identical.
+   input, and whether the scores are identical; then the split per metric on the
+   same tokenized input (pycocoevalcap's scorers against `coco_scorers`), with the
+   PTB tokenization time of `score_corpus` for reference.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
-from cobra_eval.metrics.corpus import real_coco_captions, score_corpus
+from cobra_eval.metrics import coco_scorers
+from cobra_eval.metrics.corpus import ptb_tokenize, real_coco_captions, score_corpus
 from cobra_eval.metrics.per_sample import SampleScorer
 
 GROUPS = ("bleu", "rouge", "cider")
@@ -45,13 +51,53 @@ def official(candidates: dict[int, str], references: dict[int, list[str]]) -> di
     return out
 
 
-def timed(fn, repeats: int) -> tuple[list[float], object]:
+def timed(fn: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
     times, result = [], None
     for _ in range(repeats):
         started = time.perf_counter()
         result = fn()
         times.append(time.perf_counter() - started)
     return times, result
+
+
+def spread(times: list[float], unit: str = "s", scale: float = 1.0) -> str:
+    t = [x * scale for x in times]
+    return f"median {statistics.median(t):.2f} {unit} (min {min(t):.2f}, max {max(t):.2f})"
+
+
+def as_floats(result: tuple[Any, Any]) -> tuple[list[float], list[list[float]]]:
+    """(corpus, per-image) of any scorer as plain floats, so == compares every bit."""
+    corpus, per_image = result
+    if isinstance(corpus, list):  # BLEU: four corpus scores and four per-image lists
+        return [float(c) for c in corpus], [[float(s) for s in p] for p in per_image]
+    return [float(corpus)], [[float(s) for s in per_image]]
+
+
+def per_metric(candidates: dict[int, str], references: dict[int, list[str]], repeats: int) -> None:
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    def tokenize() -> tuple[dict[Any, list[str]], dict[Any, list[str]]]:
+        return ptb_tokenize({i: [c] for i, c in candidates.items()}), ptb_tokenize(references)
+
+    tok_t, (res, gts) = timed(tokenize, repeats)
+    print(f"  PTB tokenization in score_corpus (2 calls): {spread(tok_t)}")
+    pairs: list[tuple[str, Callable[[], Any], Callable[[], Any]]] = [
+        ("BLEU-1..4", lambda: Bleu(4).compute_score(gts, res, verbose=0),
+         lambda: coco_scorers.bleu(gts, res)),
+        ("ROUGE-L", lambda: Rouge().compute_score(gts, res), lambda: coco_scorers.rouge(gts, res)),
+        ("CIDEr-D", lambda: Cider().compute_score(gts, res), lambda: coco_scorers.cider(gts, res)),
+    ]  # fmt: skip
+    for name, theirs_fn, ours_fn in pairs:
+        theirs_t, theirs = timed(theirs_fn, repeats)
+        ours_t, ours = timed(ours_fn, repeats)
+        ratio = statistics.median(ours_t) / statistics.median(theirs_t)
+        print(
+            f"  {name}: pycocoevalcap {spread(theirs_t)}; coco_scorers {spread(ours_t)}; "
+            f"ratio {ratio:.2f}; identical corpus and per-image scores: "
+            f"{as_floats(theirs) == as_floats(ours)}"
+        )
 
 
 def main() -> None:
@@ -72,32 +118,33 @@ def main() -> None:
         return scored
 
     times, scored = timed(per_sample, args.repeats)
-    per = [t / len(items) * 1000 for t in times]
     print(
         f"per-sample scoring (BLEU, ROUGE-L, CIDEr-D; batches of 16, {len(items)} samples): "
-        f"median {statistics.median(per):.2f} ms/sample "
-        f"(min {min(per):.2f}, max {max(per):.2f})"
+        f"{spread([t / len(items) for t in times], 'ms/sample', 1000)}"
+    )
+    texts = ptb_tokenize({i: [c] for i, c in items})
+    # the scoring alone (SampleScorer._one on tokenized text): what is left without Java
+    alone_t, _ = timed(
+        lambda: [scorer._one(i, texts[i][0], scorer.refs[i]) for i, _ in items], args.repeats
+    )
+    print(
+        f"  of which scoring alone: {spread([t / len(items) for t in alone_t], 'ms/sample', 1000)}"
     )
     pool_t, _ = timed(lambda: scorer.corpus(scored), args.repeats * 10)
-    pool = [t * 1000 for t in pool_t]
     print(
         f"checkpoint corpus scores pooled from {len(scored)} scored samples (BLEU, ROUGE-L, "
-        f"CIDEr-D): median {statistics.median(pool):.2f} ms "
-        f"(min {min(pool):.2f}, max {max(pool):.2f})"
+        f"CIDEr-D): {spread(pool_t, 'ms', 1000)}"
     )
     scorer.close()
 
     ours_t, ours = timed(lambda: score_corpus(candidates, references, GROUPS).scores, args.repeats)
     theirs_t, theirs = timed(lambda: official(candidates, references), args.repeats)
-    same = ours == theirs
     ratio = statistics.median(ours_t) / statistics.median(theirs_t)
     print(
-        f"corpus scoring of {len(candidates)} captions: cobra_eval median "
-        f"{statistics.median(ours_t):.2f} s (min {min(ours_t):.2f}, max {max(ours_t):.2f}); "
-        f"pycocoevalcap median {statistics.median(theirs_t):.2f} s "
-        f"(min {min(theirs_t):.2f}, max {max(theirs_t):.2f}); ratio {ratio:.2f}; "
-        f"identical scores: {same}"
+        f"corpus scoring of {len(candidates)} captions: cobra_eval {spread(ours_t)}; "
+        f"pycocoevalcap {spread(theirs_t)}; ratio {ratio:.2f}; identical scores: {ours == theirs}"
     )
+    per_metric(candidates, references, args.repeats)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,27 @@
-"""What the results store costs: a per-sample commit, and resume planning at 100k samples.
+"""What the results store costs: commits, resume planning, checkpoint export and import.
 
-    python -m benchmarks.store_cost [--commits 500] [--planned 100000] [--done 99000]
+    python -m benchmarks.store_cost [--commits 500] [--repeats 5] [--sizes 1000,10000,100000]
 
 1. Per-sample commit on SQLite as the run loop does it (one transaction: the
    result, its pass and its metric rows), WAL, synchronous=NORMAL, on this disk.
-2. Resume planning for a run with --planned samples of which --done have
-   results: the pending-ids query, and a worker's claim of its first batch.
-3. A checkpoint export (read from the database, serialise, write, fsync, rename)
-   of 1,000 and 10,000 results: the growth with N.
+2. Resume planning for runs of each size with 99% done: the pending-ids query,
+   and a worker's claim of its first batch (growth with N).
+3. A checkpoint export (read from the database, serialise, write, fsync, rename,
+   the `latest` link) at each size, the growth with N, and the resident memory
+   one export adds to a fresh process (peak RSS above the RSS before it, Linux).
+   Each timed export and import starts after os.sync(): its fsync must not pay
+   for writing back the megabytes the benchmark's setup left dirty.
+4. Importing a 10,000-result checkpoint as --load_results does (read, validate,
+   insert in one transaction) into a fresh database.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,10 +29,11 @@ from pathlib import Path
 from sqlalchemy import insert
 
 from cobra_eval.store import Store, resolve_url
-from cobra_eval.store.checkpoint_io import ResultRecord
+from cobra_eval.store.checkpoint_io import ResultRecord, read_checkpoint
 from cobra_eval.store.claims import claim_batch
 from cobra_eval.store.models import utcnow
 from cobra_eval.store.repository import RESULT
+from cobra_eval.store.snapshots import export_snapshot, import_document
 
 CONFIG = {"model": {"name": "bench"}, "generation": {}, "dataset": {"identity": "bench"}}
 
@@ -57,8 +66,25 @@ def commit_cost(folder: Path, n: int) -> list[float]:
     return times
 
 
-def planning_cost(folder: Path, planned: int, done: int, repeats: int) -> tuple[list, list]:
-    with Store.open(resolve_url(str(folder / "plan.db"))) as store:
+def batch_commit_cost(folder: Path, n: int, batch: int) -> list[float]:
+    """Per-sample time of a batch commit, as the run loop does it (one transaction a batch)."""
+    from cobra_eval.store.repository import CommitItem
+
+    with Store.open(resolve_url(str(folder / f"batch{batch}.db"))) as store:
+        store.create_run("r", CONFIG, "f")
+        store.ensure_plan("r", list(range(n)))
+        times = []
+        for start in range(0, n, batch):
+            items = [CommitItem(record(i), 0.0) for i in range(start, min(start + batch, n))]
+            started = time.perf_counter()
+            store.commit_results("r", "baseline", items, worker="bench:1")
+            times.append((time.perf_counter() - started) * 1000 / len(items))
+    return times
+
+
+def planning_cost(folder: Path, planned: int, repeats: int) -> tuple[list[float], list[float]]:
+    done = planned - max(planned // 100, 8 * repeats)  # each repeat claims 8 more
+    with Store.open(resolve_url(str(folder / f"plan{planned}.db"))) as store:
         store.create_run("r", CONFIG, "f")
         store.ensure_plan("r", list(range(planned)))
         now = utcnow()
@@ -82,43 +108,105 @@ def planning_cost(folder: Path, planned: int, done: int, repeats: int) -> tuple[
     return pending_ms, claim_ms
 
 
-def export_cost(folder: Path, n: int, repeats: int) -> list[float]:
-    from cobra_eval.store.snapshots import export_snapshot
-
-    with Store.open(resolve_url(str(folder / f"export{n}.db"))) as store:
-        store.create_run("r", CONFIG, "f")
-        store.ensure_plan("r", list(range(n)))
-        store.ensure_method("r", "baseline", config={"name": "baseline"}, fingerprint="m",
-                            settings={}, total=n)  # fmt: skip
-        now = utcnow()
-        one = record(0)
+def filled_store(path: Path, n: int) -> Store:
+    """A run with n stored results of the benchmark record (bulk-inserted)."""
+    store = Store.open(resolve_url(str(path)))
+    store.create_run("r", CONFIG, "f")
+    store.ensure_plan("r", list(range(n)))
+    store.ensure_method("r", "baseline", config={"name": "baseline"}, fingerprint="m",
+                        settings={}, total=n)  # fmt: skip
+    now = utcnow()
+    one = record(0)
+    for start in range(0, n, 10_000):
         rows = [{"run_id": "r", "method": "baseline", "image_id": i, "status": "ok",
                  "reference_captions": one.reference_captions,
                  "generated_caption": one.generated_caption, "reasoning_trace": "",
                  "metadata": one.metadata, "metrics": one.metrics, "worker": "bench:1",
-                 "created_at": now} for i in range(n)]  # fmt: skip
+                 "created_at": now} for i in range(start, min(n, start + 10_000))]  # fmt: skip
         with store.engine.begin() as conn:
             conn.execute(insert(RESULT), rows)
+    return store
+
+
+def rss_kib(field: str) -> int | None:
+    """VmRSS / VmHWM (peak) of this process (Linux), KiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def export_cost(folder: Path, n: int, repeats: int) -> tuple[list[float], float | None]:
+    """Export times, and the MiB an export adds to a fresh process at its peak."""
+    db = folder / f"export{n}.db"
+    with filled_store(db, n) as store:
         times = []
         for _ in range(repeats):
+            # the export's fsync must not pay for writing back what the setup left dirty
+            os.sync()
             started = time.perf_counter()
             export_snapshot(store, folder / "out", "r", "baseline", is_checkpoint=True)
             times.append((time.perf_counter() - started) * 1000)
+    # in a fresh process: this one's heap still holds what filling the database allocated
+    child = subprocess.run(
+        [sys.executable, "-m", "benchmarks.store_cost", "--export_rss", str(db)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    extra = child.stdout.strip()
+    return times, float(extra) if extra else None
+
+
+def export_rss(db: Path) -> None:
+    """Print the MiB one export adds to this process's resident memory at its peak."""
+    with Store.open(resolve_url(str(db))) as store:
+        store.method_progress("r", "baseline")  # connections, caches: not the export's
+        before = rss_kib("VmRSS")
+        export_snapshot(store, db.parent / "rss", "r", "baseline", is_checkpoint=True)
+        peak = rss_kib("VmHWM")
+    if before is not None and peak is not None:
+        print(f"{(peak - before) / 1024:.1f}")
+
+
+def import_cost(folder: Path, source: Path, repeats: int) -> list[float]:
+    times = []
+    for k in range(repeats):
+        with Store.open(resolve_url(str(folder / f"import{k}.db"))) as store:
+            os.sync()
+            started = time.perf_counter()
+            doc = read_checkpoint(source)
+            summary = import_document(store, doc, source=str(source))
+            times.append((time.perf_counter() - started) * 1000)
+            assert summary.imported == len(doc.results)
     return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--commits", type=int, default=500)
-    parser.add_argument("--planned", type=int, default=100_000)
-    parser.add_argument("--done", type=int, default=99_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sizes", default="1000,10000,100000", help="Result counts to export.")
+    parser.add_argument("--import_size", type=int, default=10_000)
+    parser.add_argument("--export_rss", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.export_rss:
+        export_rss(args.export_rss)
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         folder = Path(tmp)
         commits = commit_cost(folder, args.commits)
-        pending, claims = planning_cost(folder, args.planned, args.done, args.repeats)
-        exports = {n: export_cost(folder, n, args.repeats) for n in (1_000, 10_000)}
+        batched = batch_commit_cost(folder, args.commits * 4, 16)
+        planning = {n: planning_cost(folder, n, args.repeats) for n in sizes}
+        exports = {}
+        for n in sizes:
+            # the largest size fewer times: each export of 100k is a whole-run copy
+            exports[n] = export_cost(folder, n, args.repeats if n <= 10_000 else 3)
+        with filled_store(folder / "source.db", args.import_size) as store:
+            source = export_snapshot(store, folder / "src", "r", "baseline", is_checkpoint=True)
+        imports = import_cost(folder, source.path, args.repeats)
 
     def show(values: list[float]) -> str:
         return f"median {statistics.median(values):.2f} ms (min {min(values):.2f}, " \
@@ -126,10 +214,23 @@ def main() -> None:
 
     print(f"per-sample commit (result + 1 pass + 14 metric rows), SQLite, {args.commits} "
           f"commits: {show(commits)}")  # fmt: skip
-    print(f"resume planning, {args.planned} planned / {args.done} done: pending ids "
-          f"{show(pending)}; claim of the first batch {show(claims)}")  # fmt: skip
-    for n, times in exports.items():
-        print(f"checkpoint export of {n} results: {show(times)}")
+    print(f"the same in batches of 16 (one transaction a batch, as a run commits), per sample: "
+          f"{show(batched)}")  # fmt: skip
+    for n, (pending, claims) in planning.items():
+        done = n - max(n // 100, 8 * args.repeats)
+        print(f"resume planning, {n} planned / {done} done: pending ids {show(pending)}; "
+              f"claim of the first batch {show(claims)}")  # fmt: skip
+    previous = None
+    for n, (times, extra) in exports.items():
+        median = statistics.median(times)
+        growth = f"; x{median / previous[1]:.1f} for x{n / previous[0]:g} results" \
+            if previous else ""  # fmt: skip
+        memory = f"; a fresh process's peak RSS +{extra:.1f} MiB" if extra is not None else ""
+        print(f"checkpoint export of {n} results: {show(times)}, "
+              f"{median * 1000 / n:.1f} us/result{growth}{memory}")  # fmt: skip
+        previous = (n, median)
+    print(f"import of a {args.import_size}-result checkpoint (read, validate, insert): "
+          f"{show(imports)}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -43,7 +43,13 @@ class RunSettings(BaseModel):
     method: str = Field("baseline", description="A registered method name, or 'all'.")
     num_samples: int | None = Field(None, ge=1, description="Samples to plan; None = all.")
     checkpoint_interval: int = Field(
-        10, ge=0, description="Export JSON every N samples; 0 = never."
+        10, ge=0, description="Export JSON every N samples (thinned after 16·N); 0 = never."
+    )
+    fixed_checkpoint_interval: bool = Field(
+        False, description="Export at every multiple of checkpoint_interval, never thinned."
+    )
+    keep_checkpoints: int = Field(
+        10, ge=0, description="Numbered checkpoint files kept per method and run; 0 = all."
     )
     resume_from_checkpoint: bool = Field(False, description="Continue the newest matching run.")
     load_results: Path | None = Field(None, description="A JSON results file to import first.")
@@ -93,6 +99,8 @@ class RunSettings(BaseModel):
         return {
             "num_samples": self.num_samples,
             "checkpoint_interval": self.checkpoint_interval,
+            "fixed_checkpoint_interval": self.fixed_checkpoint_interval,
+            "keep_checkpoints": self.keep_checkpoints,
             "batch_size": self.batch_size,
             "device": self.device,
             "dtype": self.dtype,

@@ -6,6 +6,7 @@ snapshot functions, to a Method and to a Backend.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,16 +20,18 @@ from cobra_eval.backends import Backend, BackendOptions, GenerationRequest, crea
 from cobra_eval.config import RunSettings, fingerprint
 from cobra_eval.datasets import Sample, load_dataset, select_samples
 from cobra_eval.errors import CobraEvalError, StoreError
+from cobra_eval.finisher import BatchFinisher
 from cobra_eval.generation import CachedGenerator
+from cobra_eval.method_scores import MethodScores, open_scorer
 from cobra_eval.methods import Method, PassOutput, resolve_methods
 from cobra_eval.methods.prompts import load_prompts_file
-from cobra_eval.metrics import METRIC_GROUPS, CorpusScores, score_corpus
-from cobra_eval.metrics.corpus import spice_unavailable_reason
-from cobra_eval.metrics.per_sample import DocumentFrequency, SampleScore, SampleScorer
+from cobra_eval.metrics import CorpusScores
+from cobra_eval.metrics.per_sample import SampleScore, SampleScorer
 from cobra_eval.progress import Reporter, SilentReporter
 from cobra_eval.resume import resolve_run
 from cobra_eval.store import Store, resolve_url
 from cobra_eval.store.checkpoint_io import ResultRecord
+from cobra_eval.store.checkpoint_schedule import scheduled_count
 from cobra_eval.store.claims import (
     Heartbeat,
     acquire_export_lease,
@@ -40,16 +43,7 @@ from cobra_eval.store.claims import (
 )
 from cobra_eval.store.engine import database_error_message, worker_identity
 from cobra_eval.store.models import utcnow
-from cobra_eval.store.scores import (
-    ScoreUpdate,
-    latest_corpus_metrics,
-    note_rescored,
-    record_corpus_metrics,
-    save_document_frequency,
-    stored_document_frequency,
-    stored_scores,
-    update_scores,
-)
+from cobra_eval.store.repository import CommitItem
 from cobra_eval.store.snapshots import (
     ExportedFile,
     catch_up_checkpoint,
@@ -59,8 +53,6 @@ from cobra_eval.store.snapshots import (
 
 #: A run stops when this many samples in a row failed: the cause is systemic, not the samples.
 MAX_CONSECUTIVE_FAILURES = 20
-#: Stored results scored again per tokenizer call when a run's planned set changes.
-RESCORE_CHUNK = 500
 #: Seconds between looks at the database while other workers hold the remaining samples.
 CLAIM_POLL_S = 1.0
 #: An exporter that died frees the export lease after this many seconds.
@@ -176,6 +168,10 @@ def _run_in_store(
     store.ensure_plan(run.id, [s.image_id for s in selected])
     generator = CachedGenerator(backend, store, run_cfg["model"], enabled=settings.cache)
     scorer = open_scorer(store, run.id, selected, settings.metrics)
+    total = len(selected)
+    if any(store.count_results(run.id, m.name, limit=total) < total for m in methods):
+        # the METEOR JVM loads while the model does: ready when the first batch lands
+        scorer.warm_up()
     summaries = []
     try:
         for method in methods:
@@ -211,9 +207,9 @@ class _MethodLoop:
         self.worker = worker_identity()
         #: the non-semantic settings recorded with the method (and what was skipped)
         self.record = record
-        #: scores of the successful results in this selection: what corpus scores pool
-        self.scored: dict[int, SampleScore] = {}
-        self.scores_loaded_at = utcnow()
+        self.scores = MethodScores(
+            store, run_id, method, self.samples, settings.metrics, scorer, reporter, self.worker
+        )
 
     def run(self, method_cfg: dict[str, Any], resumed: bool) -> MethodSummary:
         name = self.method.name
@@ -236,8 +232,8 @@ class _MethodLoop:
                 f"Loaded checkpoint: {processed} samples processed, {remaining} remaining"
             )
         # results other workers commit from now on are picked up at each checkpoint
-        self.scores_loaded_at = utcnow()
-        rescored = self._load_scores()
+        self.scores.loaded_at = utcnow()
+        rescored = self.scores.load()
         interval = self.settings.checkpoint_interval
         prepare_method_folder(self.settings.output_dir, self.run_id, name)
         self.reporter.start_method(name, self.total, processed)
@@ -246,6 +242,7 @@ class _MethodLoop:
             lambda: catch_up_checkpoint(
                 self.store, self.settings.output_dir, self.run_id, name,
                 interval=interval, processed=processed,
+                fixed=self.settings.fixed_checkpoint_interval, keep=self.settings.keep_checkpoints,
             )
         )  # fmt: skip
         if missed is not None:
@@ -253,18 +250,31 @@ class _MethodLoop:
             self.last_exported = missed.count
             self.reporter.checkpoint(missed.path.name, missed.count, self.total)
         started = utcnow()
-        failures_in_row = 0
+        self.failures_in_row = 0
+        self.processed = processed
+        # the count within the plan's first `total` costs a join; needed only when the
+        # plan is longer (an earlier invocation planned more samples)
+        plan_length = self.store.plan_length(self.run_id)
+        self.count_limit = self.total if plan_length > self.total else None
+        self.failed_before = self.store.failed_ids(self.run_id, name)
         lease_s = self.settings.lease_seconds
         waiting_shown = False
+        previous: list[int] = []
+        # with the generation cache off, a batch generated but not yet committed would be
+        # lost work if the process died: then each batch is finished before the next starts
+        finisher = BatchFinisher(overlap=self.settings.cache)
         try:
-            with Heartbeat(self.store, self.run_id, name, self.worker, lease_s) as heartbeat:
+            with Heartbeat(self.store, self.run_id, name, self.worker, lease_s) as heartbeat, \
+                    finisher:  # fmt: skip
                 while True:
                     claimed = claim_batch(
                         self.store, self.run_id, name, self.worker,
                         limit=self.settings.batch_size, total=self.total, lease_s=lease_s,
-                        retry_failed_before=started,
+                        retry_failed_before=started, in_hand=previous,
                     )  # fmt: skip
                     if not claimed:
+                        finisher.wait()
+                        heartbeat.hold([])
                         others = others_work(self.store, self.run_id, name, self.worker, self.total)
                         if not others.count:
                             break
@@ -276,42 +286,23 @@ class _MethodLoop:
                             waiting_shown = True
                         time.sleep(min(CLAIM_POLL_S, lease_s / 4))
                         continue
-                    heartbeat.hold(claimed)
+                    # the batch being finished stays claimed until it is committed
+                    heartbeat.hold(previous + claimed)
                     batch = [self.samples[i] for i in claimed]
-                    for result, latency, score in self._generate(batch):
-                        self.store.commit_result(
-                            self.run_id, name, result, worker=self.worker, latency_s=latency,
-                            scoring=score.detail if score is not None else None,
-                        )  # fmt: skip
-                        if score is not None:
-                            self.scored[result.image_id] = score
-                        if result.status == "failed":
-                            # the next invocation may retry it at once
-                            release(self.store, self.run_id, name, self.worker, [result.image_id])
-                        # other workers commit too: the count is the database's
-                        processed = self.store.count_results(self.run_id, name, limit=self.total)
-                        summary.new_this_run += 1
-                        failures_in_row = failures_in_row + 1 if result.status == "failed" else 0
-                        self.reporter.processed(
-                            processed, self.total, cached=bool(result.metadata.get("cached"))
-                        )
-                        exported = self._checkpoint_if_due(processed)
-                        if exported is not None:
-                            summary.checkpoints.append(exported.path)
-                        if failures_in_row >= MAX_CONSECUTIVE_FAILURES:
-                            raise CobraEvalError(
-                                f"stopping: the last {failures_in_row} samples all failed "
-                                f"(last error: {result.metadata.get('error')}); they are stored "
-                                "as failed and will be retried on --resume_from_checkpoint"
-                            )
-                    heartbeat.hold([])
+                    generated = self._generate(batch)
+                    finisher.submit(functools.partial(self._finish, batch, generated, summary))
+                    previous = claimed
+                finisher.wait()
+                heartbeat.hold([])
         except KeyboardInterrupt:
+            # the batch already generated is committed before stopping: nothing is lost
+            finisher.wait()
             release(self.store, self.run_id, name, self.worker)
             self.store.set_method_status(self.run_id, name, "interrupted")
             self.store.set_run_status(self.run_id, "interrupted")
             raise Interrupted(
                 self.run_id,
-                f"Interrupted: {processed}/{self.total} samples of {name} are saved in run "
+                f"Interrupted: {self.processed}/{self.total} samples of {name} are saved in run "
                 f"{self.run_id}; continue with --resume_from_checkpoint "
                 f"(or --run_id {self.run_id})",
             ) from None
@@ -330,7 +321,7 @@ class _MethodLoop:
         def finish() -> ExportedFile:
             # under the export lease: with several workers, the last one to finish scores
             # and writes everything, after every other worker's commits
-            summary.corpus = self._final_corpus(reuse=summary.new_this_run == 0 and not rescored)
+            summary.corpus = self.scores.final(reuse=summary.new_this_run == 0 and not rescored)
             return export_snapshot(
                 self.store, self.settings.output_dir, self.run_id, name, is_checkpoint=False
             )
@@ -347,24 +338,93 @@ class _MethodLoop:
             clear_claims(self.store, self.run_id, name)
         return summary
 
+    def _finish(
+        self, batch: Sequence[Sample], generated: _Generated, summary: MethodSummary
+    ) -> None:
+        """Score a generated batch and commit it; export the checkpoints its samples reach.
+
+        The batch is committed in one transaction, split where a checkpoint falls due,
+        so a checkpoint holds exactly the count it is named for when one worker runs.
+        """
+        finished = self._score_and_record(batch, generated)
+        chunk: list[CommitItem] = []
+        count = self._count()
+        for k, item in enumerate(finished):
+            chunk.append(item)
+            count += 1
+            if k + 1 < len(finished) and not self._due(count):
+                continue
+            committed = self.store.commit_results(
+                self.run_id, self.method.name, chunk, worker=self.worker
+            )
+            for done, inserted in zip(chunk, committed, strict=True):
+                self._committed(done, inserted, summary)
+            chunk = []
+            count = self.processed
+            exported = self._checkpoint_if_due(self.processed)
+            if exported is not None:
+                summary.checkpoints.append(exported.path)
+
+    def _committed(self, item: CommitItem, inserted: bool, summary: MethodSummary) -> None:
+        result = item.result
+        name = self.method.name
+        if item.scoring is not None:
+            scores = {key: value for key, value in result.metrics.items() if value is not None}
+            self.scores.scored[result.image_id] = SampleScore(scores, dict(item.scoring))
+        if result.status == "failed":
+            # the next invocation may retry it at once
+            release(self.store, self.run_id, name, self.worker, [result.image_id])
+        # a retried failure was counted already (its failed row was)
+        counted = result.image_id in self.failed_before
+        self.failed_before.discard(result.image_id)
+        self.processed = min(self.processed + int(inserted and not counted), self.total)
+        summary.new_this_run += 1
+        self.failures_in_row = self.failures_in_row + 1 if result.status == "failed" else 0
+        self.reporter.processed(
+            self.processed, self.total, cached=bool(result.metadata.get("cached"))
+        )
+        if self.failures_in_row >= MAX_CONSECUTIVE_FAILURES:
+            raise CobraEvalError(
+                f"stopping: the last {self.failures_in_row} samples all failed "
+                f"(last error: {result.metadata.get('error')}); they are stored "
+                "as failed and will be retried on --resume_from_checkpoint"
+            )
+
+    def _count(self) -> int:
+        """Samples committed so far, re-read once per batch: other workers commit too."""
+        self.processed = self.store.count_results(
+            self.run_id, self.method.name, limit=self.count_limit
+        )
+        return self.processed
+
+    def _scheduled(self, processed: int) -> int:
+        """The newest checkpoint count due by processed (the interval thins as runs grow)."""
+        return scheduled_count(
+            processed,
+            self.settings.checkpoint_interval,
+            fixed=self.settings.fixed_checkpoint_interval,
+        )
+
+    def _due(self, processed: int) -> bool:
+        return self._scheduled(processed) > self.last_exported
+
     def _checkpoint_if_due(self, processed: int) -> ExportedFile | None:
         """Export a checkpoint when the count passed a multiple of the interval since the last.
 
         With several workers exactly one exports (the export lease) and counts only grow.
         """
-        interval = self.settings.checkpoint_interval
-        due = processed // interval * interval if interval else 0
-        if not due or due <= self.last_exported:
+        if not self._due(processed):
             return None
+        due = self._scheduled(processed)
 
         def export() -> ExportedFile | None:
             self.last_exported = self.store.last_checkpoint_count(self.run_id, self.method.name)
             if self.last_exported >= due:
                 return None  # another worker wrote it
-            self._corpus("checkpoint")
+            self.scores.corpus("checkpoint")
             return export_snapshot(
                 self.store, self.settings.output_dir, self.run_id, self.method.name,
-                is_checkpoint=True,
+                is_checkpoint=True, keep=self.settings.keep_checkpoints,
             )  # fmt: skip
 
         exported = self._exclusive_export(export)
@@ -392,199 +452,8 @@ class _MethodLoop:
         finally:
             release_export_lease(self.store, self.run_id, name, self.worker)
 
-    def _load_scores(self) -> int:
-        """Read the stored scores of this selection; score again what they cannot serve.
-
-        Results scored against another planned set (the run was extended, so
-        CIDEr-D's document frequencies changed), imported ones and ones scored
-        with fewer metrics are rescored now, and the rescoring is recorded.
-        Returns how many were rescored.
-        """
-        stored = stored_scores(self.store, self.run_id, self.method.name)
-        stale = []
-        for image_id in self.samples:
-            entry = stored.get(image_id)
-            if entry is None:
-                continue
-            if self.scorer.available and not (entry.scoring and self.scorer.covers(entry.scoring)):
-                stale.append(image_id)
-            else:
-                self.scored[image_id] = SampleScore(dict(entry.metrics), dict(entry.scoring or {}))
-        if not stale:
-            return 0
-        wanted = set(stale)
-        results = [r for r in self.store.results(self.run_id, self.method.name)
-                   if r.image_id in wanted]  # fmt: skip
-        updates = {}
-        for start in range(0, len(results), RESCORE_CHUNK):
-            chunk = results[start : start + RESCORE_CHUNK]
-            passes = [
-                [PassOutput.model_validate(p) for p in r.metadata.get("passes") or []]
-                for r in chunk
-            ]
-            ids = [r.image_id for r in chunk]
-            pass_scores = self._score_passes(ids, passes)
-            captions = [r.generated_caption for r in chunk]
-            finals = self._final_scores(ids, captions, passes, pass_scores)
-            for result, done, score in zip(chunk, passes, finals, strict=True):
-                # metrics not asked for this time keep their stored values
-                old = stored[result.image_id]
-                merged = SampleScore(
-                    {**old.metrics, **score.scores}, {**(old.scoring or {}), **score.detail}
-                )
-                updates[result.image_id] = ScoreUpdate(
-                    metrics=merged.scores,
-                    scoring=merged.detail,
-                    pass_metrics=[dict(p.metrics) for p in done],
-                    metadata=self._refreshed_metadata(result, done),
-                )
-                self.scored[result.image_id] = merged
-        update_scores(self.store, self.run_id, self.method.name, updates)
-        planned = self.scorer.document_frequency
-        if planned is not None:
-            note_rescored(self.store, self.run_id, planned.n_images, self.method.name, len(updates))
-        self.reporter.message(
-            f"Rescored {len(updates)} earlier samples of {self.method.name} against the "
-            f"{self.scorer.planned} planned samples' references (CIDEr-D document frequencies)"
-        )
-        return len(updates)
-
-    def _refreshed_metadata(
-        self, result: ResultRecord, passes: Sequence[PassOutput]
-    ) -> dict[str, Any]:
-        """The result's metadata with its passes' new metrics (and what the method derives)."""
-        metadata = dict(result.metadata)
-        if not passes:
-            return metadata
-        old = metadata.get("passes") or []
-        metadata["passes"] = [{**o, "metrics": dict(p.metrics)}
-                              for o, p in zip(old, passes, strict=True)]  # fmt: skip
-        redone = self.method.finalize(passes)
-        if redone.generated_caption == result.generated_caption:
-            metadata.update(redone.metadata)
-        return metadata
-
-    def _corpus(self, scope: str) -> CorpusScores | None:
-        """Corpus scores pooled from the successful results so far; stored under scope."""
-        if not self.settings.metrics or not self.scorer.available:
-            return None
-        self._add_others_scores()
-        # in plan order: corpus means are summed in that order
-        samples = [self.scored[i] for i in self.samples if i in self.scored]
-        if not samples:
-            return None
-        scores = self.scorer.corpus(samples)
-        record_corpus_metrics(
-            self.store, self.run_id, self.method.name, scores, n=len(samples), scope=scope
-        )
-        return CorpusScores(n=len(samples), scores=scores)
-
-    def _add_others_scores(self) -> None:
-        """Scores of results other workers committed since this worker loaded the stored ones."""
-        if len(self.scored) >= len(self.samples):
-            return
-        others = stored_scores(self.store, self.run_id, self.method.name,
-                               since=self.scores_loaded_at, other_than=self.worker)  # fmt: skip
-        for image_id, entry in others.items():
-            if image_id in self.samples and image_id not in self.scored and entry.scoring \
-                    and self.scorer.covers(entry.scoring):  # fmt: skip
-                self.scored[image_id] = SampleScore(dict(entry.metrics), dict(entry.scoring))
-
-    def _final_corpus(self, *, reuse: bool) -> CorpusScores | None:
-        """Corpus metrics of the method's successful results in this selection.
-
-        With reuse (nothing new was scored), stored scores of the same samples are
-        returned instead of starting the Java scorers again.
-        """
-        if not self.settings.metrics:
-            return None
-        if self.scorer.available:
-            self._add_others_scores()
-        reused = self._stored_final(len(self.scored)) if reuse else None
-        if reused is not None:
-            return reused
-        out = self._corpus("final") or CorpusScores(n=len(self.scored))
-        if not self.scorer.available:
-            out.unavailable.update(
-                {g: "Java is not installed (the COCO scorers need it)"
-                 for g in self.settings.metrics if g != "spice"}
-            )  # fmt: skip
-        if "spice" in self.settings.metrics:
-            spice = self._spice()
-            out.scores.update(spice.scores)
-            out.unavailable.update(spice.unavailable)
-        return out
-
-    def _spice(self) -> CorpusScores:
-        """SPICE has no per-sample statistics here: the official scorer runs at the end."""
-        candidates, references = {}, {}
-        for result in self.store.results(self.run_id, self.method.name):
-            if result.status == "ok" and result.image_id in self.samples:
-                candidates[result.image_id] = result.generated_caption
-                references[result.image_id] = result.reference_captions
-        spice = score_corpus(candidates, references, ("spice",))
-        record_corpus_metrics(
-            self.store, self.run_id, self.method.name, spice.scores, n=spice.n, scope="final"
-        )
-        return spice
-
-    def _stored_final(self, n_now: int) -> CorpusScores | None:
-        """The stored final scores, if they cover the same samples and every metric asked for."""
-        stored = latest_corpus_metrics(self.store, self.run_id, self.method.name, scope="final")
-        if stored is None:
-            return None
-        keys = [k for g in self.settings.metrics if g != "spice" for k in METRIC_GROUPS[g]]
-        if stored.n_samples != n_now or any(key not in stored.scores for key in keys):
-            return None
-        out = CorpusScores(n=n_now, scores={key: stored.scores[key] for key in keys})
-        if "spice" in self.settings.metrics:
-            if "SPICE" in stored.scores:
-                out.scores["SPICE"] = stored.scores["SPICE"]
-            else:
-                reason = spice_unavailable_reason()
-                if reason is None:
-                    return None  # SPICE became available: score again
-                out.unavailable["spice"] = reason
-        return out
-
-    def _score_passes(
-        self, image_ids: Sequence[int], passes: Sequence[Sequence[PassOutput]]
-    ) -> list[list[SampleScore | None]]:
-        """Score every non-empty pass caption in one tokenizer call, setting its metrics."""
-        items = [(i, p.caption) for i, done in zip(image_ids, passes, strict=True)
-                 for p in done if p.caption]  # fmt: skip
-        scored = iter(self.scorer.score(items))
-        out: list[list[SampleScore | None]] = []
-        for done in passes:
-            row: list[SampleScore | None] = []
-            for p in done:
-                score = next(scored) if p.caption else None
-                if score is not None:
-                    p.metrics = {**p.metrics, **score.scores}
-                row.append(score)
-            out.append(row)
-        return out
-
-    def _final_scores(
-        self,
-        image_ids: Sequence[int],
-        captions: Sequence[str],
-        passes: Sequence[Sequence[PassOutput]],
-        pass_scores: Sequence[Sequence[SampleScore | None]],
-    ) -> list[SampleScore]:
-        """Each final caption's scores: those of the pass it came from, else scored now."""
-        finals: list[SampleScore | None] = []
-        for caption, done, scores in zip(captions, passes, pass_scores, strict=True):
-            match = [s for p, s in zip(done, scores, strict=True) if s and p.caption == caption]
-            finals.append(match[-1] if match else None)
-        missing = [k for k, score in enumerate(finals) if score is None]
-        fresh = iter(self.scorer.score([(image_ids[k], captions[k]) for k in missing]))
-        return [score if score is not None else next(fresh) for score in finals]
-
-    def _generate(
-        self, batch: Sequence[Sample]
-    ) -> list[tuple[ResultRecord, float, SampleScore | None]]:
-        """Run every pass of the method over a batch; one result (and its scores) per sample."""
+    def _generate(self, batch: Sequence[Sample]) -> _Generated:
+        """Run every pass of the method over a batch (the model's part of a batch)."""
         started = time.perf_counter()
         passes: list[list[PassOutput]] = [[] for _ in batch]
         errors: dict[int, str] = {}
@@ -620,16 +489,21 @@ class _MethodLoop:
                         cached=generated.cached,
                     )
                 )
+        latency = (time.perf_counter() - started) / max(len(batch), 1)
+        return _Generated(passes, errors, latency)
+
+    def _score_and_record(self, batch: Sequence[Sample], generated: _Generated) -> list[CommitItem]:
+        """Score a generated batch and build its results (and their corpus statistics)."""
+        passes, errors, latency = generated.passes, generated.errors, generated.latency_s
         ok = [k for k in range(len(batch)) if k not in errors]
         ids = [batch[k].image_id for k in ok]
         # pass metrics first: finalize compares the passes by them
-        pass_scores = self._score_passes(ids, [passes[k] for k in ok])
+        pass_scores = self.scores.score_passes(ids, [passes[k] for k in ok])
         finals = {k: self.method.finalize(passes[k]) for k in ok}
         captions = [finals[k].generated_caption for k in ok]
-        final_scores = self._final_scores(ids, captions, [passes[k] for k in ok], pass_scores)
+        final_scores = self.scores.final_scores(ids, captions, [passes[k] for k in ok], pass_scores)
         scores = dict(zip(ok, final_scores, strict=True))
-        latency = (time.perf_counter() - started) / max(len(batch), 1)
-        out: list[tuple[ResultRecord, float, SampleScore | None]] = []
+        out: list[CommitItem] = []
         for k, sample in enumerate(batch):
             done = [p.model_dump() for p in passes[k]]
             if k in errors:
@@ -641,7 +515,7 @@ class _MethodLoop:
                     metadata={"status": "failed", "error": errors[k], "passes": done},
                     metrics={},
                 )
-                out.append((record, latency, None))
+                out.append(CommitItem(record, latency))
                 continue
             final = finals[k]
             record = ResultRecord(
@@ -656,30 +530,17 @@ class _MethodLoop:
                     "passes": done,
                 },
             )
-            out.append((record, latency, scores[k] if scores[k].detail else None))
+            out.append(CommitItem(record, latency, scores[k].detail or None))
         return out
 
 
-def open_scorer(
-    store: Store, run_id: str, selected: Sequence[Sample], metrics: Sequence[str]
-) -> SampleScorer:
-    """A scorer whose CIDEr-D document frequencies are those stored for this planned set.
+@dataclass
+class _Generated:
+    """A batch's pass outputs, per-sample errors (by batch index) and latency per sample."""
 
-    The first invocation that plans the set computes and stores them; later ones
-    (resume, other workers) read them back, so every sample of the set is scored
-    against the same frequencies.
-    """
-    references = {s.image_id: s.references for s in selected if s.references}
-    stored = stored_document_frequency(store, run_id, len(references))
-    known = DocumentFrequency.from_bytes(stored) if stored is not None else None
-    scorer = SampleScorer(references, metrics, document_frequency=known)
-    df = scorer.document_frequency
-    if known is None and df is not None:
-        save_document_frequency(
-            store, run_id, n_images=df.n_images, n_ngrams=len(df.counts), data=df.to_bytes(),
-            sha256=df.sha256,
-        )  # fmt: skip
-    return scorer
+    passes: list[list[PassOutput]]
+    errors: dict[int, str]
+    latency_s: float
 
 
 def _clock(when: datetime | None) -> str:

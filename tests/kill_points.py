@@ -3,8 +3,11 @@
     python -m tests.kill_points POINT N -- CLI ARGS...
 
 Points:
-  export    inside write_atomic: the temp file is written and fsynced, os.replace not yet done
-  commit    inside Store.commit_result: write_result's inserts ran, the transaction is not committed
+  export    at each rename of checkpoint_io (os.replace): a file's temp copy is written and
+            fsynced, or latest's temp hard link made; the rename is not yet done. A
+            checkpoint hits it twice (numbered file, then latest), a final results file once
+  commit    inside Store.commit_results: a batch's inserts ran (one hit per sample), the
+            transaction is not committed
   generate  the N-th backend generate() call returned, nothing of its batch is committed
 
 Before dying it writes ``kill_points: SIGKILL at POINT #N`` to stderr, so a test can tell
@@ -56,16 +59,17 @@ def install(point: str, n: int) -> None:
 
         checkpoint_io.os = _OsDyingAtReplace()  # type: ignore[assignment]
     elif point == "commit":
-        from cobra_eval.store import repository
+        from cobra_eval.store import result_writer
 
-        real_write = repository.write_result
+        real_write = result_writer.write_results
 
-        def write_result(*args: Any, **kwargs: Any) -> bool:
-            inserted = real_write(*args, **kwargs)
-            hit()  # still inside Store.commit_result's `with engine.begin()`
-            return inserted
+        def write_results(*args: Any, **kwargs: Any) -> list[bool]:
+            written = real_write(*args, **kwargs)
+            for _ in written:  # one hit per sample of the batch
+                hit()  # still inside Store.commit_results' `with engine.begin()`
+            return written
 
-        repository.write_result = write_result
+        result_writer.write_results = write_results  # type: ignore[assignment]
     elif point == "generate":
         from tests.stand_in import EchoBackend
 

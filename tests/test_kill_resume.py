@@ -177,6 +177,8 @@ def check_recorded(world: World, *, finals: bool) -> None:
     for path, (sha, size, is_final) in newest.items():
         if is_final and not finals:
             continue  # a later process may have rewritten it and died before recording
+        if not is_final and not Path(path).exists() and NUMBERED_RE.match(Path(path).name):
+            continue  # an older numbered snapshot that --keep_checkpoints deleted
         data = Path(path).read_bytes()
         assert (hashlib.sha256(data).hexdigest(), len(data)) == (sha, size), path
 
@@ -272,13 +274,16 @@ BASE = "baseline"
 CHECKPOINT_10 = "checkpoint_baseline_10_*.json"
 LATEST, FINAL = "checkpoint_baseline_latest.json", "results_baseline.json"
 KILL_CASES = [
-    # point, hit, --method, rows committed at death, name the left temp file was meant for
+    # point, hit, --method, rows committed at death, name the left temp file was meant for.
+    # A batch's samples come into being together and are committed in one transaction
+    # (split where a checkpoint falls due); a batch is committed while the next generates,
+    # so a kill right after the 3rd generate finds the 2nd committed or not yet
     pytest.param("generate", 1, BASE, {BASE: 0}, None, id="generate-1st-batch"),
-    pytest.param("generate", 3, BASE, {BASE: 8}, None, id="generate-3rd-batch"),
+    pytest.param("generate", 3, BASE, {BASE: (4, 8)}, None, id="generate-3rd-batch"),
     pytest.param("commit", 1, BASE, {BASE: 0}, None, id="commit-1st-sample"),
-    pytest.param("commit", 6, BASE, {BASE: 5}, None, id="commit-mid-batch"),
+    pytest.param("commit", 6, BASE, {BASE: 4}, None, id="commit-mid-batch"),
     pytest.param("commit", 17, BASE, {BASE: 16}, None, id="commit-17th-sample"),
-    pytest.param("commit", 40, BASE, {BASE: 39}, None, id="commit-last-sample"),
+    pytest.param("commit", 40, BASE, {BASE: 36}, None, id="commit-last-sample"),
     pytest.param(
         "commit",
         45,
@@ -309,7 +314,8 @@ def test_sigkill_at_a_point_then_resume_ends_like_a_clean_run(
     assert f"kill_points: SIGKILL at {point} #{hit}" in killed.stderr
 
     rows = check_after_kill(world, method_opt, killed.stdout)
-    assert rows == rows_at_death
+    for method, expected in rows_at_death.items():
+        assert rows[method] in (expected if isinstance(expected, tuple) else (expected,)), rows
     printed = printed_counts(killed.stdout, method_opt)
     for method in METHODS[method_opt]:
         # exactly the committed samples were reported, each once, in order
@@ -352,6 +358,13 @@ def test_sigkill_at_a_point_then_resume_ends_like_a_clean_run(
     for method in METHODS[method_opt]:
         # only what was not committed is generated again, and nothing twice
         assert again[method] == list(range(rows[method] + 1, TOTAL + 1)), method
+    if point == "generate":
+        # batches the model answered before the kill, committed or not, cost no model call
+        # again: their outputs reached the generation cache as they came back
+        answered = (hit - 1) * BATCH
+        assert f"({TOTAL - answered} by the model, {answered - rows[BASE]} from cache)" in (
+            resumed.stdout
+        ), resumed.stdout
     check_finished(world, method_opt, clean(method_opt))
 
 

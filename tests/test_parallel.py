@@ -33,7 +33,7 @@ def test_three_workers_share_a_run_with_one_progress_display(world: World) -> No
     result = run_cli_process(
         *world.run_args("--num_samples", "24", "--batch_size", "2", "--checkpoint_interval", "8",
                         "--workers", "3", "--devices", "cpu,cpu,cpu", "--metrics", "bleu"),
-        **{DELAY_ENV: "0.1"},
+        **{DELAY_ENV: "0.4"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr + result.stdout
     out = result.stdout

@@ -99,7 +99,13 @@ def test_four_workers_one_killed_every_sample_exactly_once(world: World, cli) ->
     folder = world.method_dir("shared", "baseline")
     counts = sorted(int(p.name.split("_")[2]) for p in folder.glob("checkpoint_baseline_*_*.json")
                     if "latest" not in p.name)  # fmt: skip
-    assert counts == sorted(set(counts)) and counts[-1] <= N and len(counts) >= N // 5 - 2
+    assert counts == sorted(set(counts)) and counts[-1] <= N
+    # all but the newest 10 (--keep_checkpoints' default) were deleted; the database recorded all
+    recorded = world.rows(
+        "SELECT DISTINCT count FROM checkpoint WHERE run_id = 'shared' AND is_final = ?", False
+    )
+    assert len(counts) == 10 and len(recorded) >= N // 5 - 2
+    assert counts == sorted(c for (c,) in recorded)[-10:]
     final = load_json(folder / "results_baseline.json")
     assert final["checkpoint_info"] == {"processed_count": N, "remaining_count": 0}
     assert world.rows("SELECT status FROM run_method WHERE run_id = 'shared'") == [("finished",)]

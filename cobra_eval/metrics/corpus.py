@@ -9,17 +9,16 @@ tokenizer writes its temp file into site-packages; METEOR leaves its lock held
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cobra_eval.errors import ConfigError
+from cobra_eval.metrics import ptb
 
 #: --metrics names -> the official result keys they produce.
 METRIC_GROUPS: dict[str, tuple[str, ...]] = {
@@ -122,17 +121,9 @@ def ptb_tokenize(captions: Mapping[Any, Sequence[str]]) -> dict[Any, list[str]]:
         for key in keys:
             result[key].append("")
         return result
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as tmp:
-        tmp.write("\n".join(lines[k] for k in sent))
-    try:
-        done = subprocess.run(
-            ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer",
-             "-preserveLines", "-lowerCase", tmp.name],
-            capture_output=True, timeout=TOKENIZER_TIMEOUT_S, check=True,
-        )  # fmt: skip
-    finally:
-        os.unlink(tmp.name)
-    out_lines = done.stdout.decode("utf-8").rstrip("\n").split("\n")
+    # one long-lived JVM per process when it can (byte-identical output), else one per call
+    out = ptb.tokenize_text("\n".join(lines[k] for k in sent), jar, TOKENIZER_TIMEOUT_S)
+    out_lines = out.rstrip("\n").split("\n")
     if len(out_lines) != len(sent):
         raise ValueError(f"PTB tokenizer returned {len(out_lines)} lines for {len(sent)} captions")
     tokenized = [""] * len(lines)
@@ -175,19 +166,16 @@ def score_corpus(
 def _score_group(
     name: str, gts: dict[Any, list[str]], res: dict[Any, list[str]]
 ) -> dict[str, float]:
-    if name == "bleu":
-        from pycocoevalcap.bleu.bleu import Bleu
+    # BLEU, ROUGE-L and CIDEr-D: pycocoevalcap's arithmetic re-implemented (identical floats)
+    from cobra_eval.metrics import coco_scorers
 
-        score, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    if name == "bleu":
+        score, _ = coco_scorers.bleu(gts, res)
         return dict(zip(METRIC_GROUPS["bleu"], (float(s) for s in score), strict=True))
     if name == "rouge":
-        from pycocoevalcap.rouge.rouge import Rouge
-
-        return {"ROUGE_L": float(Rouge().compute_score(gts, res)[0])}
+        return {"ROUGE_L": float(coco_scorers.rouge(gts, res)[0])}
     if name == "cider":
-        from pycocoevalcap.cider.cider import Cider
-
-        return {"CIDEr": float(Cider().compute_score(gts, res)[0])}
+        return {"CIDEr": float(coco_scorers.cider(gts, res)[0])}
     if name == "meteor":
         return {"METEOR": _meteor(gts, res)}
     if name == "spice":

@@ -20,6 +20,8 @@ from cobra_eval.metrics.corpus import pycocoevalcap_dir
 
 #: Seconds one reply of the METEOR JVM may take (its start-up included) before it is killed.
 METEOR_TIMEOUT_S = 120
+#: Statistics requests written before their replies are read (each reply is ~100 bytes).
+STATS_CHUNK = 64
 
 
 class MeteorError(RuntimeError):
@@ -36,11 +38,24 @@ class MeteorProcess:
 
     def stats(self, hypothesis: str, references: Sequence[str]) -> str:
         """The statistics line of one tokenized caption against its tokenized references."""
-        # exactly Meteor._stat: the hypothesis loses '|||' and double spaces, references are joined
-        hypothesis = hypothesis.replace("|||", "").replace("  ", " ")
-        line = " ||| ".join(("SCORE", " ||| ".join(references), hypothesis))
         with self._lock:
-            return self._ask(line, 1)[0]
+            return self._ask(_score_line(hypothesis, references), 1)[0]
+
+    def warm_up(self) -> None:
+        """Start the JVM now (it loads for seconds) so it is ready when the first sample lands."""
+        with self._lock:
+            self._start()
+
+    def stats_many(self, pairs: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
+        """The statistics lines of many (hypothesis, references), pipelined in chunks."""
+        lines = [_score_line(hypothesis, references) for hypothesis, references in pairs]
+        out: list[str] = []
+        with self._lock:
+            # chunks keep the replies in flight well below a pipe's buffer (no deadlock)
+            for start in range(0, len(lines), STATS_CHUNK):
+                chunk = lines[start : start + STATS_CHUNK]
+                out += self._ask("\n".join(chunk), len(chunk))
+        return out
 
     def evaluate(self, stats: Sequence[str]) -> tuple[float, list[float]]:
         """(corpus METEOR, per-sample METEOR) of a set of statistics lines: one ``EVAL``."""
@@ -100,6 +115,12 @@ class MeteorProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _score_line(hypothesis: str, references: Sequence[str]) -> str:
+    # exactly Meteor._stat: the hypothesis loses '|||' and double spaces, references are joined
+    hypothesis = hypothesis.replace("|||", "").replace("  ", " ")
+    return " ||| ".join(("SCORE", " ||| ".join(references), hypothesis))
 
 
 def _read_line(stream: IO[bytes]) -> str:

@@ -18,11 +18,11 @@ import hashlib
 import json
 import math
 import shutil
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cobra_eval.metrics import coco_scorers
 from cobra_eval.metrics.corpus import METRIC_GROUPS, ptb_tokenize, sanitize
 from cobra_eval.metrics.meteor import MeteorProcess
 from cobra_eval.metrics.pooling import mean, pooled_bleu
@@ -64,17 +64,6 @@ class DocumentFrequency:
         return cls(int(loaded["n_images"]), counts)
 
 
-class _LenN(list):
-    """A list that reports the planned set's size: CiderScorer takes log(len(crefs)) as log(N)."""
-
-    def __init__(self, items: Iterable[Any], n: int):
-        super().__init__(items)
-        self._n = n
-
-    def __len__(self) -> int:
-        return self._n
-
-
 class SampleScorer:
     """Scores (image, caption) pairs against the planned samples' references."""
 
@@ -90,21 +79,22 @@ class SampleScorer:
         self.refs: dict[int, list[str]] = {}
         self.meteor = MeteorProcess()
         self.document_frequency: DocumentFrequency | None = None
+        self._cider: coco_scorers.CiderD | None = None
         if not self.available:
             return
         self.refs = ptb_tokenize({i: list(r) for i, r in references.items() if r})
         if "cider" in self.groups:
-            from pycocoevalcap.cider.cider_scorer import cook_refs
-
-            self._cooked = {i: cook_refs(refs) for i, refs in self.refs.items()}
             if document_frequency is None:
-                counts: defaultdict[Any, float] = defaultdict(float)
-                for cooked in self._cooked.values():
-                    for ngram in {ng for ref in cooked for ng in ref}:
-                        counts[ngram] += 1
-                document_frequency = DocumentFrequency(len(self._cooked), dict(counts))
+                # references are cooked image by image and dropped: _one cooks its own again
+                # (~50 µs), cheaper than holding every planned image's n-grams in memory
+                cooked = ([coco_scorers.cook(r) for r in refs] for refs in self.refs.values())
+                counts = coco_scorers.document_frequency(cooked)
+                document_frequency = DocumentFrequency(len(self.refs), counts)
             self.document_frequency = document_frequency
-            self._df = defaultdict(float, document_frequency.counts)
+            # the planned set's df and N (not this call's): every sample gets its batch value
+            self._cider = coco_scorers.CiderD(
+                document_frequency.counts, document_frequency.n_images
+            )
 
     @property
     def planned(self) -> int:
@@ -116,47 +106,45 @@ class SampleScorer:
         if not self.available or not items:
             return [SampleScore() for _ in items]
         texts = ptb_tokenize({k: [sanitize(text)] for k, (_, text) in enumerate(items)})
+        scorable = [k for k, (image_id, _) in enumerate(items) if self.refs.get(image_id)]
+        meteor: dict[int, tuple[str, float]] = {}
+        if "meteor" in self.groups and scorable:
+            # one round trip for the batch's statistics lines and one EVAL for their scores
+            pairs = [(texts[k][0], self.refs[items[k][0]]) for k in scorable]
+            stats = self.meteor.stats_many(pairs)
+            _, values = self.meteor.evaluate(stats)
+            meteor = dict(zip(scorable, zip(stats, values, strict=True), strict=True))
         out = []
         for k, (image_id, _) in enumerate(items):
             refs = self.refs.get(image_id)
-            out.append(self._one(image_id, texts[k][0], refs) if refs else SampleScore())
+            scored = self._one(image_id, texts[k][0], refs, meteor.get(k)) if refs else None
+            out.append(scored or SampleScore())
         return out
 
-    def _one(self, image_id: int, hypo: str, refs: list[str]) -> SampleScore:
+    def _one(
+        self, image_id: int, hypo: str, refs: list[str], meteor: tuple[str, float] | None
+    ) -> SampleScore:
         out = SampleScore()
         scores, detail = out.scores, out.detail
+        if "bleu" in self.groups or self._cider is not None:
+            hyp = coco_scorers.cook(hypo)
+            cooked = [coco_scorers.cook(r) for r in refs]
         if "bleu" in self.groups:
-            from pycocoevalcap.bleu.bleu_scorer import BleuScorer
-
-            bleu = BleuScorer(n=4)
-            bleu += (hypo, refs)
-            _, per_image = bleu.compute_score(option="closest", verbose=0)
-            scores.update({key: float(per_image[n][0]) for n, key in
-                           enumerate(METRIC_GROUPS["bleu"])})  # fmt: skip
-            comps = bleu.ctest[0]
-            detail["bleu"] = {
-                "testlen": comps["testlen"],
-                "reflen": bleu._single_reflen(comps["reflen"], "closest", comps["testlen"]),
-                "guess": list(comps["guess"]),
-                "correct": list(comps["correct"]),
-            }
-        if "meteor" in self.groups:
-            stats = self.meteor.stats(hypo, refs)
-            scores["METEOR"] = self.meteor.evaluate([stats])[1][0]
-            detail["meteor"] = stats
+            comps = coco_scorers.bleu_comps(hyp, cooked)
+            bleu = coco_scorers.bleu_of_comps(comps)
+            scores.update(zip(METRIC_GROUPS["bleu"], bleu, strict=True))
+            # corpus BLEU is pooled from these (testlen, closest reflen, guess, correct)
+            detail["bleu"] = comps
+        if meteor is not None:
+            detail["meteor"], scores["METEOR"] = meteor
         if "rouge" in self.groups:
-            from pycocoevalcap.rouge.rouge import Rouge
-
-            scores["ROUGE_L"] = float(Rouge().calc_score([hypo], refs))
-        if "cider" in self.groups:
-            from pycocoevalcap.cider.cider_scorer import CiderScorer, cook_test
-
-            cider = CiderScorer(n=4, sigma=6.0)
-            cider.ctest = [cook_test(hypo)]
+            scores["ROUGE_L"] = coco_scorers.rouge_l(hypo, refs)
+        if self._cider is not None:
+            cider = self._cider
+            scores["CIDEr"] = cider.score(
+                cider.hypothesis(hyp), [cider.reference(c) for c in cooked]
+            )
             assert self.document_frequency is not None
-            cider.crefs = _LenN([self._cooked[image_id]], self.document_frequency.n_images)
-            cider.document_frequency = self._df
-            scores["CIDEr"] = float(cider.compute_cider()[0])
             detail["cider_planned"] = self.document_frequency.n_images
         out.scores = {k: v for k, v in scores.items() if not math.isnan(v)}
         return out
@@ -184,6 +172,11 @@ class SampleScorer:
             if group in self.groups:
                 out[key] = mean([s.scores.get(key, 0.0) for s in samples])
         return out
+
+    def warm_up(self) -> None:
+        """Start the METEOR JVM in the background, if METEOR is asked for."""
+        if self.available and "meteor" in self.groups:
+            self.meteor.warm_up()
 
     def close(self) -> None:
         """Stop the METEOR JVM, if one was started."""

@@ -9,13 +9,16 @@ successful results when they were computed for exactly that set.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import math
 import os
 import re
+import secrets
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -160,7 +163,116 @@ def dumps(doc: CheckpointFile) -> bytes:
     data = doc.model_dump(mode="json", exclude=skip)
     # orjson: the same 2-space layout as json.dumps(indent=2), UTF-8, ~5x faster (the
     # stdlib's C encoder is not used with indent, and exports are whole-run snapshots)
-    return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    return dump_json(data, newline=True)
+
+
+def dump_json(value: Any, *, newline: bool = False) -> bytes:
+    """JSON by orjson, 2-space indent; what orjson refuses to write is written too, exactly."""
+    option = orjson.OPT_INDENT_2 | (orjson.OPT_APPEND_NEWLINE if newline else 0)
+    try:
+        return orjson.dumps(value, option=option)
+    except orjson.JSONEncodeError:
+        # integers beyond 64 bits, strings with lone surrogates: both are valid JSON
+        # (stdlib-parsed metadata may hold them), orjson merely refuses to write them
+        return orjson.dumps(orjson_safe(value), option=option)
+
+
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def orjson_safe(value: Any) -> Any:
+    """value with what orjson cannot write replaced by pre-written JSON (same layout)."""
+    if value is None or isinstance(value, (bool, float)):
+        return value
+    if isinstance(value, int):
+        return value if _INT_MIN <= value <= _INT_MAX else orjson.Fragment(str(value).encode())
+    if isinstance(value, str):
+        return value if _utf8_ok(value) else orjson.Fragment(json.dumps(value).encode())
+    if isinstance(value, dict):
+        if all(isinstance(key, str) and _utf8_ok(key) for key in value):
+            return {key: orjson_safe(item) for key, item in value.items()}
+        # a key orjson cannot write: this object on one line, by the stdlib, ASCII-escaped
+        return orjson.Fragment(json.dumps(_finite(value), ensure_ascii=True).encode())
+    if isinstance(value, (list, tuple)):
+        return [orjson_safe(item) for item in value]
+    return value
+
+
+def _utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as null, as orjson writes them (the stdlib would write NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+#: 19 digits in a row may be an integer orjson reads as a float (beyond 64 bits): found
+#: as 19 zeros once every digit is mapped to "0" (10x faster than a regular expression)
+_DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+_LONG_DIGITS = b"0" * 19
+
+
+def loads_exact(data: str | bytes) -> Any:
+    """JSON as the stdlib reads it, through orjson where that gives the same values.
+
+    orjson refuses NaN, lone surrogates and numbers beyond a double, and reads
+    integers beyond 64 bits as floats: those texts go to the stdlib (whose
+    errors, with line and column, are the ones raised).
+    """
+    try:
+        raw = data.encode() if isinstance(data, str) else data
+    except UnicodeEncodeError:  # a lone surrogate in the text itself
+        return json.loads(data)
+    if _LONG_DIGITS not in raw.translate(_DIGITS_TO_ZERO):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
+
+
+def write_stream_atomic(
+    path: Path, chunks: Iterable[bytes], *, sync_folder: bool = True
+) -> tuple[int, str]:
+    """Write chunks via a temp file in the same folder, fsync, rename; returns (size, sha256).
+
+    A kill or an error at any moment leaves either the old file or the new one,
+    never a partial file under the real name (the temp file is removed on errors;
+    one a kill leaves is cleared by remove_stale_temps). sync_folder=False leaves
+    the folder's fsync to the caller (several renames, one fsync).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        # mkstemp makes 0600 files; results in a shared folder must be as readable as any file
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if sync_folder:
+        fsync_folder(path.parent)
+    return size, digest.hexdigest()
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -169,20 +281,49 @@ def write_atomic(path: Path, data: bytes) -> None:
     A kill at any moment leaves either the old file or the new one, never a
     truncated file under the real name.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
+    write_stream_atomic(path, (data,))
+
+
+def link_atomic(source: Path, path: Path, *, sync_folder: bool = True) -> bool:
+    """Make path another name of source's file (a hard link), replacing path atomically.
+
+    The link is made under a temp name in the same folder, then renamed over
+    path: a kill leaves the old path or the new one. Where hard links are not
+    supported, path becomes a copy of source, written atomically. True for a link.
+    """
+    for _ in range(8):
+        tmp = path.parent / f"{_temp_prefix(path.name)}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        try:
+            os.link(source, tmp)
+        except FileExistsError:
+            continue  # another temp file has this random name: draw again
+        except OSError:
+            # no hard links on this file system (FAT, some network or FUSE mounts), or
+            # too many links: a copy; if the disk is full that fails too, and says so
+            write_stream_atomic(path, _file_chunks(source), sync_folder=sync_folder)
+            return False
+        break
+    else:
+        raise FileExistsError(f"cannot find an unused temp name beside {path}")
     try:
-        # mkstemp makes 0600 files; results in a shared folder must be as readable as any file
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    if sync_folder:
+        fsync_folder(path.parent)
+    return True
+
+
+def _file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := handle.read(size):
+            yield chunk
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make the renames in folder durable (a power loss keeps the new names)."""
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
@@ -248,7 +389,7 @@ def read_checkpoint(path: Path) -> CheckpointFile:
         )
     try:
         raw = path.read_bytes()
-        data = json.loads(raw)
+        data = loads_exact(raw)
     except UnicodeDecodeError:
         raise CheckpointFileError(f"{path}: not valid JSON (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:
@@ -303,6 +444,14 @@ def _plain(err: Any) -> str:
 
 _TEMP = re.compile(r"^\.(?P<name>.+\.json)\.(?P<host>[^.]+(?:\.[^.]+)*)\.(?P<pid>\d+)\..+\.tmp$")
 _NUMBERED = re.compile(r"^checkpoint_(?P<method>.+)_(?P<count>\d+)_(?P<stamp>\d{8}_\d{6})\.json$")
+
+
+def parse_numbered(name: str, method: str) -> tuple[int, str] | None:
+    """(count, stamp) of a numbered checkpoint file name of this method, else None."""
+    match = _NUMBERED.match(name)
+    if match is None or match["method"] != method:
+        return None
+    return int(match["count"]), match["stamp"]
 
 
 def find_candidates(output_dir: Path, method: str) -> Iterator[Path]:

@@ -12,7 +12,7 @@ over; one whose worker is a dead process on this host is taken over at once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -51,12 +51,14 @@ def claim_batch(
     total: int,
     lease_s: float,
     retry_failed_before: datetime,
+    in_hand: Collection[int] = (),
 ) -> list[int]:
     """Claim up to limit pending samples among the first total of the plan, in plan order.
 
     Pending: no successful result, no live claim of another worker, and no failed
     result newer than retry_failed_before (a sample that failed in this
-    invocation is not retried by it; the next invocation retries it).
+    invocation is not retried by it; the next invocation retries it). Samples
+    in_hand (this worker's batch still being committed) are not claimed again.
     """
     now = utcnow()
     with store.engine.begin() as conn:
@@ -79,6 +81,7 @@ def claim_batch(
                 select(PLAN.c.image_id)
                 .where(PLAN.c.run_id == run_id, PLAN.c.position < total)
                 .where(~settled, ~taken_by_others)
+                .where(PLAN.c.image_id.not_in(list(in_hand)))
                 .order_by(PLAN.c.position)
                 .limit(limit)
             ).scalars()

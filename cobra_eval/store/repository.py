@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, case, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cobra_eval import __version__
 from cobra_eval.errors import StoreError
+from cobra_eval.store import result_writer
 from cobra_eval.store.checkpoint_io import ResultRecord
 from cobra_eval.store.engine import (
     mask_url,
@@ -36,6 +37,7 @@ from cobra_eval.store.models import (
     SampleResult,
     utcnow,
 )
+from cobra_eval.store.result_writer import CommitItem
 
 RUN = Run.__table__  # type: ignore[attr-defined]
 RUN_METHOD = RunMethod.__table__  # type: ignore[attr-defined]
@@ -374,6 +376,12 @@ class Store:
         with self.reader.connect() as conn:
             return conn.execute(query).scalar_one()
 
+    def plan_length(self, run_id: str) -> int:
+        """How many samples the run's plan holds (every invocation's selection)."""
+        query = select(func.count()).where(PLAN.c.run_id == run_id)
+        with self.reader.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def failed_ids(self, run_id: str, method: str) -> set[int]:
         """Image ids whose stored result is a failure (retried on resume)."""
         query = select(RESULT.c.image_id).where(
@@ -395,15 +403,39 @@ class Store:
         scoring: dict[str, Any] | None = None,
     ) -> bool:
         """Commit one sample in its own transaction; False if a successful row already existed."""
+        item = CommitItem(result, latency_s, scoring)
+        return self.commit_results(run_id, method, [item], worker=worker)[0]
+
+    def commit_results(
+        self, run_id: str, method: str, items: Sequence[CommitItem], *, worker: str
+    ) -> list[bool]:
+        """Commit samples that came into being together, in one transaction.
+
+        False for a sample whose successful row already existed. When another
+        worker committed one of them meanwhile, the others are committed one by one.
+        """
         try:
             with self.engine.begin() as conn:
-                return write_result(
-                    conn, run_id, method, result, worker=worker, latency_s=latency_s,
-                    scoring=scoring,
-                )  # fmt: skip
+                return result_writer.write_results(conn, run_id, method, items, worker=worker)
         except IntegrityError:
-            # another worker committed the same sample between our check and insert
-            return False
+            if len(items) > 1:
+                return [self.commit_result(run_id, method, i.result, worker=worker,
+                                           latency_s=i.latency_s, scoring=i.scoring)
+                        for i in items]  # fmt: skip
+            # only a row another worker committed between our check and insert may explain it
+            if self._has_ok_result(run_id, method, items[0].result.image_id):
+                return [False]
+            raise
+
+    def _has_ok_result(self, run_id: str, method: str, image_id: int) -> bool:
+        query = select(RESULT.c.id).where(
+            RESULT.c.run_id == run_id,
+            RESULT.c.method == method,
+            RESULT.c.image_id == image_id,
+            RESULT.c.status == "ok",
+        )
+        with self.reader.connect() as conn:
+            return conn.execute(query).first() is not None
 
     def results(self, run_id: str, method: str) -> Iterator[ResultRecord]:
         """A method's results in plan order, as they appear in exports."""
@@ -511,85 +543,3 @@ def _retry_on_conflict(action: Callable[[], None], attempts: int = 5) -> None:
         except IntegrityError:
             if attempt == attempts - 1:
                 raise
-
-
-def write_result(
-    conn: Connection,
-    run_id: str,
-    method: str,
-    result: ResultRecord,
-    *,
-    worker: str,
-    latency_s: float | None,
-    scoring: dict[str, Any] | None = None,
-) -> bool:
-    """Insert one result with its passes and metric rows; a failed row is replaced.
-
-    Returns False (and writes nothing) when a successful row already exists:
-    the database is the truth, and a sample is never committed twice.
-    """
-    existing = conn.execute(
-        select(RESULT.c.id, RESULT.c.status).where(
-            RESULT.c.run_id == run_id,
-            RESULT.c.method == method,
-            RESULT.c.image_id == result.image_id,
-        )
-    ).first()
-    if existing is not None:
-        if existing.status == "ok":
-            return False
-        conn.execute(delete(METRIC).where(METRIC.c.result_id == existing.id))
-        conn.execute(delete(PASS).where(PASS.c.result_id == existing.id))
-        conn.execute(delete(RESULT).where(RESULT.c.id == existing.id))
-    metadata = result.metadata
-    result_id = conn.execute(
-        insert(RESULT).values(
-            run_id=run_id,
-            method=method,
-            image_id=result.image_id,
-            status=result.status,
-            error=metadata.get("error") if result.status == "failed" else None,
-            reference_captions=result.reference_captions,
-            generated_caption=result.generated_caption,
-            reasoning_trace=result.reasoning_trace,
-            metadata=metadata,
-            metrics=result.metrics,
-            scoring=scoring,
-            worker=worker,
-            latency_s=latency_s,
-            created_at=utcnow(),
-        )
-    ).inserted_primary_key[0]  # type: ignore[index]
-    rows = metric_rows(result_id, None, result.metrics)
-    passes = metadata.get("passes")
-    if isinstance(passes, list):
-        for index, item in enumerate(passes):
-            if not isinstance(item, dict):
-                continue
-            pass_id = conn.execute(
-                insert(PASS).values(
-                    result_id=result_id,
-                    pass_index=index,
-                    name=str(item.get("name", f"pass{index + 1}")),
-                    prompt=str(item.get("prompt", "")),
-                    raw_output=str(item.get("raw_output", "")),
-                    caption=str(item.get("caption", "")),
-                    reasoning=str(item.get("reasoning", "")),
-                    parse_status=str(item.get("parse_status", "ok")),
-                    metrics=item.get("metrics") if isinstance(item.get("metrics"), dict) else {},
-                )
-            ).inserted_primary_key[0]  # type: ignore[index]
-            rows += metric_rows(result_id, pass_id, item.get("metrics"))
-    if rows:
-        conn.execute(insert(METRIC), rows)
-    return True
-
-
-def metric_rows(result_id: int, pass_id: int | None, metrics: Any) -> list[dict[str, Any]]:
-    if not isinstance(metrics, dict):
-        return []
-    return [
-        {"result_id": result_id, "pass_id": pass_id, "name": str(name), "value": float(value)}
-        for name, value in metrics.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
-    ]

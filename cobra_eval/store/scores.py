@@ -15,7 +15,8 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cobra_eval.store.models import CiderDocumentFrequency, utcnow
-from cobra_eval.store.repository import CORPUS, METRIC, PASS, RESULT, Store, metric_rows
+from cobra_eval.store.repository import CORPUS, METRIC, PASS, RESULT, Store
+from cobra_eval.store.result_writer import metric_rows
 
 DOC_FREQ = CiderDocumentFrequency.__table__  # type: ignore[attr-defined]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,17 +26,24 @@ from cobra_eval.store.checkpoint_io import (
     CheckpointMeta,
     CorpusMetrics,
     checkpoint_name,
-    dumps,
     final_name,
     latest_name,
+    link_atomic,
     method_dir,
     remove_stale_temps,
-    write_atomic,
+    write_stream_atomic,
 )
+from cobra_eval.store.checkpoint_schedule import DEFAULT_KEEP, prune_snapshots, scheduled_count
 from cobra_eval.store.engine import user_at_host, worker_identity
 from cobra_eval.store.models import utcnow
-from cobra_eval.store.repository import RUN, RUN_METHOD, Store, write_result
+from cobra_eval.store.repository import (
+    RUN,
+    RUN_METHOD,
+    Store,
+)
+from cobra_eval.store.result_writer import CommitItem, write_results
 from cobra_eval.store.scores import latest_corpus_metrics, record_corpus_metrics
+from cobra_eval.store.snapshot_stream import open_snapshot
 
 
 @dataclass(frozen=True)
@@ -114,36 +120,48 @@ def export_snapshot(
     *,
     is_checkpoint: bool,
     when: datetime | None = None,
+    keep: int = DEFAULT_KEEP,
 ) -> ExportedFile:
-    """Write a checkpoint (numbered + latest) or the final results file atomically; record it."""
+    """Write a checkpoint (numbered + latest) or the final results file atomically; record it.
+
+    The document is streamed from one consistent read of the database to a temp
+    file (hashed as it is written), fsynced and renamed; ``latest`` becomes a hard
+    link to the numbered file (a copy where links are not supported). Then the
+    method's numbered snapshots beyond the newest keep are deleted (0 keeps all).
+    """
     when = when or datetime.now()
-    doc = build_document(store, run_id, method, is_checkpoint=is_checkpoint, when=when)
-    data = dumps(doc)
     folder = method_dir(output_dir, run_id, method)
-    count = doc.checkpoint_info.processed_count
-    path = folder / (checkpoint_name(method, count, when) if is_checkpoint else final_name(method))
-    try:
-        write_atomic(path, data)
-        if is_checkpoint:
-            write_atomic(folder / latest_name(method), data)
-    except OSError as exc:
-        # a full disk or a folder that became read-only: the samples are safe in the database
-        raise StoreError(
-            f"cannot write {path}: {exc.strerror or exc}; every sample is still in the database "
-            f"({store.display}) and no partial file was left; free the space or fix the folder, "
-            "then run again with --resume_from_checkpoint (the missed file is written then)"
-        ) from None
-    digest = hashlib.sha256(data).hexdigest()
+    with open_snapshot(store, run_id, method, is_checkpoint=is_checkpoint, when=when) as snapshot:
+        count = snapshot.count
+        name = checkpoint_name(method, count, when) if is_checkpoint else final_name(method)
+        path = folder / name
+        try:
+            # a checkpoint's folder is fsynced once, after latest's rename too
+            size, digest = write_stream_atomic(
+                path, snapshot.chunks(), sync_folder=not is_checkpoint
+            )
+            if is_checkpoint:
+                link_atomic(path, folder / latest_name(method))
+        except OSError as exc:
+            # a full disk or a folder that became read-only: the samples are safe in the database
+            raise StoreError(
+                f"cannot write {path}: {exc.strerror or exc}; every sample is still in the "
+                f"database ({store.display}) and no partial file was left; free the space or "
+                "fix the folder, then run again with --resume_from_checkpoint (the missed file "
+                "is written then)"
+            ) from None
     store.record_checkpoint(
         run_id,
         method,
         count=count,
         path=str(path),
-        size=len(data),
+        size=size,
         sha256=digest,
         is_final=not is_checkpoint,
     )
-    return ExportedFile(path=path, count=count, size=len(data), sha256=digest)
+    if is_checkpoint:
+        prune_snapshots(folder, method, keep, current=path)
+    return ExportedFile(path=path, count=count, size=size, sha256=digest)
 
 
 def prepare_method_folder(output_dir: Path, run_id: str, method: str) -> list[Path]:
@@ -173,15 +191,21 @@ def check_output_folder(output_dir: Path) -> None:
 
 
 def catch_up_checkpoint(
-    store: Store, output_dir: Path, run_id: str, method: str, *, interval: int, processed: int
+    store: Store,
+    output_dir: Path,
+    run_id: str,
+    method: str,
+    *,
+    interval: int,
+    processed: int,
+    fixed: bool = False,
+    keep: int = DEFAULT_KEEP,
 ) -> ExportedFile | None:
     """Write the checkpoint a crash skipped (killed between a commit and its export)."""
-    if not interval or processed < interval:
+    due = scheduled_count(processed, interval, fixed=fixed)
+    if not due or store.last_checkpoint_count(run_id, method) >= due:
         return None
-    due = processed // interval * interval
-    if store.last_checkpoint_count(run_id, method) >= due:
-        return None
-    return export_snapshot(store, output_dir, run_id, method, is_checkpoint=True)
+    return export_snapshot(store, output_dir, run_id, method, is_checkpoint=True, keep=keep)
 
 
 def check_file_config(
@@ -219,7 +243,6 @@ def import_document(
     method = doc.meta.method
     target = run_id or doc.meta.run_id
     worker = worker_identity()
-    imported = skipped = 0
     fresh_id = None if target else _fresh_id(store)
     with store.engine.begin() as conn:
         run = (
@@ -278,11 +301,11 @@ def import_document(
             )
         assert target is not None
         store.append_to_plan(conn, target, (r.image_id for r in doc.results))
-        for result in doc.results:
-            if write_result(conn, target, method, result, worker=worker, latency_s=None):
-                imported += 1
-            else:
-                skipped += 1
+        written = write_results(
+            conn, target, method, [CommitItem(r) for r in doc.results], worker=worker
+        )
+        imported = sum(written)
+        skipped = len(written) - imported
     if doc.corpus_metrics is not None and not skipped:
         # the file's scores describe the imported set only when nothing else was kept
         record_corpus_metrics(
@@ -292,5 +315,6 @@ def import_document(
     return ImportSummary(target, method, imported, skipped, created)
 
 
+#: Rows per DELETE ... IN (...): well inside every database's bound-parameter limit.
 def _fresh_id(store: Store) -> str:
     return store.unused_run_id("run_" + datetime.now().strftime("%Y%m%d_%H%M%S"))

@@ -122,7 +122,9 @@ def plan_kills(crash: Crash, startup: float, batch: float) -> list[Kill]:
             # 2 hits per checkpoint (numbered, then latest)
             kills.append(Kill("export", rng.randint(1, 3)))
         elif i == commit_at:
-            kills.append(Kill("commit", rng.randint(2, BATCH)))
+            # a batch is one transaction (split where a checkpoint falls due): die inside the
+            # second batch's, after the first is committed
+            kills.append(Kill("commit", rng.randint(BATCH + 1, 2 * BATCH)))
         elif i in early:
             kills.append(Kill(delay=rng.uniform(0.1, 0.7) * startup))
         else:

@@ -1,0 +1,102 @@
+"""Resident memory of a 100,000-sample run beyond the model, and where its time goes.
+
+    python -m benchmarks.run_memory [--samples 100000] [--metrics none]
+
+A folder dataset of N entries (symbolic links to one small PNG, five references
+each) is run end to end through ``run_evaluation`` with an instant in-process
+backend, so everything measured is the tool's: planning, claims, the generation
+cache, commits, checkpoint snapshots (default interval 10, thinned as the run
+grows) and the final results file. Reported: peak resident memory (VmHWM) minus
+the resident memory before the run, the run's wall time, and the snapshots it
+wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cobra_eval.backends import GenerationRequest
+from cobra_eval.config import GenerationParams, RunSettings
+from cobra_eval.metrics import parse_metric_list
+from cobra_eval.runner import run_evaluation
+
+CAPTIONS = ["a red circle above a blue square", "a blue square below a red circle",
+            "two shapes on a white background", "a circle and a square",
+            "a red shape over a blue one"]  # fmt: skip
+
+
+class InstantBackend:
+    """Answers at once: what remains of a run's time and memory is the tool's."""
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": "instant", "revision": "1"}
+
+    def generate(self, requests: Sequence[GenerationRequest], params: GenerationParams) -> list:
+        return [f"a red circle above a blue square, {r.image_path.stem}" for r in requests]
+
+
+def status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def make_dataset(folder: Path, n: int) -> Path:
+    from PIL import Image
+
+    images = folder / "images"
+    images.mkdir(parents=True)
+    Image.new("RGB", (8, 8), "white").save(folder / "one.png")
+    with (folder / "captions.jsonl").open("w") as out:
+        for i in range(n):
+            (images / f"{i}.png").symlink_to(folder / "one.png")
+            out.write(json.dumps({"file_name": f"{i}.png", "captions": CAPTIONS}) + "\n")
+    return folder / "captions.jsonl"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--samples", type=int, default=100_000)
+    parser.add_argument("--metrics", default="none")
+    parser.add_argument("--batch_size", type=int, default=16)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = make_dataset(Path(tmp) / "data", args.samples)
+        settings = RunSettings(
+            method="baseline",
+            num_samples=args.samples,
+            batch_size=args.batch_size,
+            metrics=parse_metric_list(args.metrics),
+            dataset=str(dataset),
+            images=Path(tmp) / "data" / "images",
+            output_dir=Path(tmp) / "out",
+        )
+        before = status_kib("VmRSS")
+        started = time.perf_counter()
+        summary = run_evaluation(settings, backend=InstantBackend())
+        wall = time.perf_counter() - started
+        peak = status_kib("VmHWM")
+        method = summary.methods[0]
+        final = method.final_file
+        size = final.stat().st_size if final else 0
+        print(f"{args.samples} samples, metrics {args.metrics}, batch {args.batch_size}")
+        print(f"run wall time: {wall:.1f} s ({wall / args.samples * 1000:.2f} ms/sample)")
+        print(
+            f"resident memory: {before / 1024:.0f} MiB before the run, peak {peak / 1024:.0f} MiB"
+            f" -> {(peak - before) / 1024:.0f} MiB for the run"
+        )
+        print(
+            f"checkpoint snapshots written: {len(method.checkpoints)}; "
+            f"final file {size / 1e6:.0f} MB"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""What a run adds to the model's own time, on the bundled demo model at batch 16.
+
+    python -m benchmarks.run_overhead [--samples 1000] [--repeats 3]
+
+The same loaded backend first generates the samples in a bare loop (batches of
+16, baseline prompt: the model's time and nothing else). Then whole runs of the
+same samples through ``run_evaluation`` (fresh database and folder each time,
+checkpoint every 10, generation cache on, as by default):
+
+1. ``--metrics none``: tool overhead = run wall time / bare generation time - 1
+   (store, claims, cache, checkpoint exports, everything but generation);
+2. all metrics (BLEU, METEOR, ROUGE-L, CIDEr-D; SPICE is unavailable offline):
+   overlap ratio = its wall time / the ``--metrics none`` wall time.
+
+"Loop" figures time the run from its first generation to its last commit
+(what grows with N); "whole" figures include opening the database, planning and
+the final results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from cobra_eval.backends import BackendOptions, GenerationRequest, create_backend
+from cobra_eval.config import GenerationParams, RunSettings
+from cobra_eval.datasets import load_dataset, select_samples
+from cobra_eval.demo import DEMO_MODEL_DIR
+from cobra_eval.methods.baseline import PROMPT
+from cobra_eval.metrics import parse_metric_list
+from cobra_eval.progress import SilentReporter
+from cobra_eval.runner import run_evaluation
+
+BATCH = 16
+
+
+class LoopClock(SilentReporter):
+    """Times a run's loop: from the method's start to its last committed sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = self.last = 0.0
+
+    def start_method(self, method: str, total: int, done: int) -> None:
+        self.started = time.perf_counter()
+
+    def processed(self, count: int, total: int, cached: bool = False) -> None:
+        self.last = time.perf_counter()
+
+
+def bare_generation(backend, n: int) -> float:
+    samples = select_samples(load_dataset("demo"), n).samples
+    requests = [GenerationRequest(image_path=s.image_path, prompt=PROMPT) for s in samples]
+    params = GenerationParams()
+    started = time.perf_counter()
+    for i in range(0, len(requests), BATCH):
+        backend.generate(requests[i : i + BATCH], params)
+    return time.perf_counter() - started
+
+
+def one_run(backend, n: int, metrics: str, folder: Path) -> tuple[float, float]:
+    settings = RunSettings(
+        method="baseline",
+        num_samples=n,
+        batch_size=BATCH,
+        metrics=parse_metric_list(metrics),
+        output_dir=folder,
+        fresh=True,
+    )
+    clock = LoopClock()
+    started = time.perf_counter()
+    run_evaluation(settings, backend=backend, reporter=clock)
+    return time.perf_counter() - started, clock.last - clock.started
+
+
+def show(values: list[float], unit: str = "s") -> str:
+    return f"{statistics.median(values):.2f} {unit} (min {min(values):.2f}, max {max(values):.2f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    backend = create_backend("hf", BackendOptions(model=str(DEMO_MODEL_DIR)))
+    bare_generation(backend, BATCH)  # load the weights before timing
+    bare, whole, loop = [], {"none": [], "all": []}, {"none": [], "all": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(args.repeats):
+            bare.append(bare_generation(backend, args.samples))
+            for metrics in ("none", "bleu,meteor,rouge,cider"):
+                key = "none" if metrics == "none" else "all"
+                total, inner = one_run(backend, args.samples, metrics, Path(tmp) / f"{key}{k}")
+                whole[key].append(total)
+                loop[key].append(inner)
+    gen = statistics.median(bare)
+    print(f"{args.samples} demo samples at batch {BATCH}, {args.repeats} repeats (median, min-max)")
+    print(f"bare generation: {show(bare)}")
+    for key in ("none", "all"):
+        print(f"run, metrics {key}: whole {show(whole[key])}; loop {show(loop[key])}")
+    print(
+        f"tool overhead (metrics none vs bare generation): loop "
+        f"{(statistics.median(loop['none']) / gen - 1) * 100:.1f}%, whole "
+        f"{(statistics.median(whole['none']) / gen - 1) * 100:.1f}%"
+    )
+    ratio = {key: statistics.median(values["all"]) / statistics.median(values["none"])
+             for key, values in (("loop", loop), ("whole", whole))}  # fmt: skip
+    print(f"all metrics vs none: loop {ratio['loop']:.3f}x, whole {ratio['whole']:.3f}x")
+
+
+if __name__ == "__main__":
+    main()
