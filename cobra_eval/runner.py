@@ -33,6 +33,7 @@ from cobra_eval.store import Store, resolve_url
 from cobra_eval.store.checkpoint_io import ResultRecord
 from cobra_eval.store.checkpoint_schedule import scheduled_count
 from cobra_eval.store.claims import (
+    ClaimCursor,
     Heartbeat,
     acquire_export_lease,
     claim_batch,
@@ -260,6 +261,7 @@ class _MethodLoop:
         lease_s = self.settings.lease_seconds
         waiting_shown = False
         previous: list[int] = []
+        cursor = ClaimCursor()
         # with the generation cache off, a batch generated but not yet committed would be
         # lost work if the process died: then each batch is finished before the next starts
         finisher = BatchFinisher(overlap=self.settings.cache)
@@ -270,7 +272,7 @@ class _MethodLoop:
                     claimed = claim_batch(
                         self.store, self.run_id, name, self.worker,
                         limit=self.settings.batch_size, total=self.total, lease_s=lease_s,
-                        retry_failed_before=started, in_hand=previous,
+                        retry_failed_before=started, in_hand=previous, cursor=cursor,
                     )  # fmt: skip
                     if not claimed:
                         finisher.wait()

@@ -41,6 +41,13 @@ def _upsert(conn: Connection, table: Any) -> Any:
     return insert(table)
 
 
+@dataclass
+class ClaimCursor:
+    """Where a worker's next claim starts looking: after the last plan position it claimed."""
+
+    position: int = -1
+
+
 def claim_batch(
     store: Store,
     run_id: str,
@@ -52,6 +59,7 @@ def claim_batch(
     lease_s: float,
     retry_failed_before: datetime,
     in_hand: Collection[int] = (),
+    cursor: ClaimCursor | None = None,
 ) -> list[int]:
     """Claim up to limit pending samples among the first total of the plan, in plan order.
 
@@ -59,6 +67,11 @@ def claim_batch(
     result newer than retry_failed_before (a sample that failed in this
     invocation is not retried by it; the next invocation retries it). Samples
     in_hand (this worker's batch still being committed) are not claimed again.
+
+    With a cursor, the search starts after the last position it claimed, and
+    goes back to the start of the plan only when nothing is pending after it (a
+    dead worker's expired claims, failures to retry): without it, each claim
+    walks past every settled sample and a 100k-sample run costs O(N^2).
     """
     now = utcnow()
     with store.engine.begin() as conn:
@@ -76,31 +89,40 @@ def claim_batch(
             RESULT.c.image_id == PLAN.c.image_id,
             or_(RESULT.c.status == "ok", RESULT.c.created_at >= retry_failed_before),
         )
-        candidates = list(
-            conn.execute(
-                select(PLAN.c.image_id)
-                .where(PLAN.c.run_id == run_id, PLAN.c.position < total)
-                .where(~settled, ~taken_by_others)
-                .where(PLAN.c.image_id.not_in(list(in_hand)))
-                .order_by(PLAN.c.position)
-                .limit(limit)
-            ).scalars()
+        pending = (
+            select(PLAN.c.image_id, PLAN.c.position)
+            .where(PLAN.c.run_id == run_id, PLAN.c.position < total)
+            .where(~settled, ~taken_by_others)
+            .where(PLAN.c.image_id.not_in(list(in_hand)))
+            .order_by(PLAN.c.position)
+            .limit(limit)
         )
-        if not candidates:
+        start = cursor.position if cursor is not None else -1
+        found = conn.execute(pending.where(PLAN.c.position > start)).all()
+        if not found and start >= 0:
+            found = conn.execute(pending).all()
+        if not found:
             return []
+        if cursor is not None:
+            cursor.position = max(row.position for row in found)
+        candidates = [row.image_id for row in found]
         expires = now + timedelta(seconds=lease_s)
-        stmt = _upsert(conn, CLAIM).values(
-            [{"run_id": run_id, "method": method, "image_id": i, "worker": worker,
-              "claimed_at": now, "expires_at": expires} for i in candidates]
-        )  # fmt: skip
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[CLAIM.c.run_id, CLAIM.c.method, CLAIM.c.image_id],
-            set_={"worker": worker, "claimed_at": now, "expires_at": expires},
-            # another worker's live claim stays: that sample is not ours
-            where=or_(CLAIM.c.expires_at <= now, CLAIM.c.worker == worker),
-        ).returning(CLAIM.c.image_id)
-        won = set(conn.execute(stmt).scalars())
+        rows = [{"run_id": run_id, "method": method, "image_id": i, "worker": worker,
+                 "claimed_at": now, "expires_at": expires} for i in candidates]  # fmt: skip
+        # the rows go as parameters, not literal VALUES: the statement compiles once
+        won = set(conn.execute(_claim_statement(conn), rows).scalars())
     return [i for i in candidates if i in won]
+
+
+def _claim_statement(conn: Connection) -> Any:
+    stmt = _upsert(conn, CLAIM)
+    new = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=[CLAIM.c.run_id, CLAIM.c.method, CLAIM.c.image_id],
+        set_={"worker": new.worker, "claimed_at": new.claimed_at, "expires_at": new.expires_at},
+        # another worker's live claim stays: that sample is not ours
+        where=or_(CLAIM.c.expires_at <= new.claimed_at, CLAIM.c.worker == new.worker),
+    ).returning(CLAIM.c.image_id)
 
 
 def renew(
