@@ -49,12 +49,7 @@ demo-model: $(STAMP)
 
 ## measured benchmarks (figures for the README's table)
 bench: $(STAMP)
-	$(PY) -m benchmarks.generation_throughput
-	$(PY) -m benchmarks.metric_cost
-	$(PY) -m benchmarks.compare_cost
-	$(PY) -m benchmarks.store_cost
-	$(PY) -m benchmarks.run_overhead
-	$(PY) -m benchmarks.run_memory
+	$(PY) -m benchmarks.report
 
 clean:
 	rm -rf build dist $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache

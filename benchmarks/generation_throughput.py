@@ -34,6 +34,7 @@ def main() -> None:
     backend.generate(requests[:2], params)  # load weights before timing
 
     outputs: dict[int, list[str]] = {}
+    medians: dict[int, float] = {}
     print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}; date: {date.today()}")
     print("| batch size | samples/s (median) | min-max | samples |")
     print("|---|---|---|---|")
@@ -46,10 +47,13 @@ def main() -> None:
                 texts += backend.generate(requests[i : i + batch], params)
             rates.append(len(requests) / (time.perf_counter() - started))
             outputs[batch] = texts
+        medians[batch] = statistics.median(rates)
         print(
             f"| {batch} | {statistics.median(rates):.1f} | {min(rates):.1f}-{max(rates):.1f} "
             f"| {len(requests)} |"
         )
+    if 1 in medians and 16 in medians:
+        print(f"batch 16 / batch 1: {medians[16] / medians[1]:.1f}x")
     first = next(iter(outputs.values()))
     same = all(texts == first for texts in outputs.values())
     print(f"batched captions identical to batch-1 captions: {same}")

@@ -1,0 +1,178 @@
+"""Run every benchmark and write benchmarks/RESULTS.md (what `make bench` does).
+
+    python -m benchmarks.report [--only store_cost,metric_cost] [--output benchmarks/RESULTS.md]
+
+Each benchmark runs in its own process (its printed lines are shown as they come);
+the file gets the machine, the date, a table of issue 10's targets with the
+measured median and min-max read from those lines, and every benchmark's full
+output under the command that reproduces it. A target whose line is missing is
+reported as not measured, never left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+BENCHMARKS = {
+    "generation_throughput": "demo model throughput at batch 1 and 16 (hf backend)",
+    "metric_cost": "per-sample and corpus metric costs on real COCO captions",
+    "compare_cost": "`compare`'s paired bootstrap",
+    "store_cost": "commits, resume planning, checkpoint export and import at 1k-100k",
+    "run_overhead": "what a run adds to generation; scoring overlapped with generation",
+    "run_memory": "a 100,000-sample run: memory and time beyond the model",
+}
+NUMBER = r"([0-9.]+)"
+SPREAD = rf"median {NUMBER} (\w+(?:/\w+)?) \(min {NUMBER}, max {NUMBER}\)"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of issue 10's targets: where its figure is printed, and the bound it must meet."""
+
+    what: str
+    benchmark: str
+    #: either SPREAD's groups (median, unit, min, max) or one group named "shown"
+    pattern: str
+    target: str
+    met: Callable[[float], bool]
+
+    def read(self, output: str) -> tuple[str, bool] | None:
+        """(the figure as shown, whether it meets the target), or None if not printed."""
+        match = re.search(self.pattern, output)
+        if match is None:
+            return None
+        if "shown" in match.re.groupindex:
+            shown = match["shown"]
+            return shown, self.met(float(shown))
+        median, unit, low, high = match.groups()[:4]
+        return f"{median} {unit} ({low}-{high})", self.met(float(median))
+
+
+TARGETS = [
+    Target("per-sample commit on SQLite (result + pass + metric rows), one sample a transaction",
+           "store_cost", rf"per-sample commit .*?commits: {SPREAD}", "<= 1 ms", lambda x: x <= 1),
+    Target("the same as a run commits: batches of 16 in one transaction, per sample",
+           "store_cost", rf"batches of 16 .*?per sample: {SPREAD}", "<= 1 ms", lambda x: x <= 1),
+    Target("checkpoint export of 1,000 results (write + fsync + rename, latest link)",
+           "store_cost", rf"checkpoint export of 1000 results: {SPREAD}", "<= 20 ms",
+           lambda x: x <= 20),
+    Target("checkpoint export of 10,000 results", "store_cost",
+           rf"checkpoint export of 10000 results: {SPREAD}", "<= 200 ms", lambda x: x <= 200),
+    Target("checkpoint export of 100,000 results (growth: linear or better)", "store_cost",
+           rf"checkpoint export of 100000 results: {SPREAD}", "linear", lambda x: x <= 2000),
+    Target("resume planning, 100,000 planned / 99,000 done (pending ids)", "store_cost",
+           rf"100000 planned / \d+ done: pending ids {SPREAD}", "<= 100 ms", lambda x: x <= 100),
+    Target("importing a 10,000-result checkpoint", "store_cost",
+           rf"import of a 10000-result checkpoint .*?: {SPREAD}", "<= 2 s", lambda x: x <= 2000),
+    Target("per-sample incremental metrics (BLEU, ROUGE-L, CIDEr-D; batches of 16)",
+           "metric_cost", rf"per-sample scoring .*?samples\): {SPREAD}", "<= 2 ms",
+           lambda x: x <= 2),
+    Target("corpus scoring of 5,000 captions vs pycocoevalcap's own run (identical scores)",
+           "metric_cost",
+           r"corpus scoring of 5000 captions: .*?ratio (?P<shown>[0-9.]+); identical scores: "
+           r"True", "<= 0.5x", lambda x: x <= 0.5),
+    Target("tool overhead in a demo run at batch 16 (metrics none, loop)", "run_overhead",
+           r"tool overhead .*?: loop (?P<shown>-?[0-9.]+)%", "<= 5%", lambda x: x <= 5),
+    Target("demo run, all metrics vs --metrics none (scoring overlapped with generation)",
+           "run_overhead", r"--metrics bleu,meteor,rouge,cider: .*?; (?P<shown>[0-9.]+)x",
+           "<= 1.15x", lambda x: x <= 1.15),
+    Target("demo run, Java-free metrics (BLEU, ROUGE-L, CIDEr-D) vs --metrics none",
+           "run_overhead", r"--metrics bleu,rouge,cider: .*?; (?P<shown>[0-9.]+)x",
+           "(<= 1.15x)", lambda x: x <= 1.15),
+    Target("demo model, batch 16 vs batch 1 throughput", "generation_throughput",
+           r"batch 16 / batch 1: (?P<shown>[0-9.]+)x", ">= 4x", lambda x: x >= 4),
+    Target("memory of a 100,000-sample run beyond the model", "run_memory",
+           r"-> (?P<shown>[0-9]+) MiB for the run", "<= 300 MB", "x * 1.048576 <= 300"),
+]  # fmt: skip
+
+
+def machine() -> str:
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = "not installed"
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} "
+        f"{platform.release()}; Python {platform.python_version()}, torch {torch_version}"
+    )
+
+
+def run(name: str) -> str:
+    print(f"== python -m benchmarks.{name}", flush=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"benchmarks.{name}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+        lines.append(line)
+    if proc.wait() != 0:
+        lines.append(f"(exited with status {proc.returncode})\n")
+    return "".join(lines)
+
+
+def render(outputs: dict[str, str], started: datetime) -> str:
+    rows = []
+    for target in TARGETS:
+        output = outputs.get(target.benchmark)
+        found = target.read(output) if output is not None else None
+        if found is None:
+            rows.append(f"| {target.what} | {target.target} | not measured | - |")
+        else:
+            shown, met = found
+            verdict = "yes" if met else "no"
+            rows.append(f"| {target.what} | {target.target} | {shown} | {verdict} |")
+    parts = [
+        "# Benchmark results\n",
+        f"Written by `make bench` (`python -m benchmarks.report`) on {started:%Y-%m-%d %H:%M}.",
+        f"Machine: {machine()}; no GPU. Figures on a shared 2-core machine move with its load.\n",
+        "## Issue 10's targets\n",
+        "| what | target | measured: median (min-max) | met? |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ]
+    for name, output in outputs.items():
+        parts += [
+            f"## {BENCHMARKS[name]}\n",
+            f"`python -m benchmarks.{name}`\n",
+            "```",
+            output.rstrip(),
+            "```\n",
+        ]
+    return "\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", help="comma-separated benchmarks (default: all)")
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "RESULTS.md")
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        known = ", ".join(BENCHMARKS)
+        raise SystemExit(f"unknown benchmark {', '.join(unknown)}; choose from {known}")
+    started = datetime.now()
+    outputs = {name: run(name) for name in names}
+    args.output.write_text(render(outputs, started))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
