@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from cobra_eval.metrics.pooling import pooled_bleu
+
 N = 4  #: n-gram orders of BLEU and CIDEr-D
 SIGMA = 6.0  #: CIDEr-D's length-penalty standard deviation
 BETA = 1.2  #: ROUGE-L's recall weight
@@ -95,22 +97,6 @@ def bleu_of_comps(comps: Mapping[str, Any]) -> list[float]:
     return scores
 
 
-def pooled_bleu_of_comps(all_comps: Sequence[Mapping[str, Any]]) -> list[float]:
-    """Corpus BLEU-1..4 from every image's comps, as ``BleuScorer.compute_score`` pools them."""
-    testlen = sum(c["testlen"] for c in all_comps)  # integers: any order
-    reflen = sum(c["reflen"] for c in all_comps)
-    guess = [sum(c["guess"][k] for c in all_comps) for k in range(N)]
-    correct = [sum(c["correct"][k] for c in all_comps) for k in range(N)]
-    scores, bleu = [], 1.0
-    for k in range(N):
-        bleu *= float(correct[k] + TINY) / (guess[k] + SMALL)
-        scores.append(bleu ** (1.0 / (k + 1)))
-    ratio = (testlen + TINY) / (reflen + SMALL)
-    if ratio < 1:
-        scores = [s * math.exp(1 - 1 / ratio) for s in scores]
-    return scores
-
-
 def bleu(
     gts: Mapping[Any, Sequence[str]], res: Mapping[Any, Sequence[str]]
 ) -> tuple[list[float], list[list[float]]]:
@@ -132,7 +118,7 @@ def bleu(
     rows = zip(testlen.tolist(), reflen.tolist(), correct.tolist(), strict=True)
     comps = [_comps(t, r, c) for t, r, c in rows]
     per_image = [bleu_of_comps(c) for c in comps]
-    return pooled_bleu_of_comps(comps), [[s[k] for s in per_image] for k in range(N)]
+    return pooled_bleu(comps, N), [[s[k] for s in per_image] for k in range(N)]
 
 
 # --- ROUGE-L ------------------------------------------------------------------------

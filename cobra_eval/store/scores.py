@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cobra_eval.store.models import CiderDocumentFrequency, utcnow
@@ -133,20 +133,27 @@ def latest_corpus_metrics(
     store: Store, run_id: str, method: str, scope: str | None = None
 ) -> CorpusRecord | None:
     """The newest set of corpus scores of a method (of one scope, if given)."""
+    with store.reader.connect() as conn:
+        return latest_corpus_in(conn, run_id, method, scope)
+
+
+def latest_corpus_in(
+    conn: Connection, run_id: str, method: str, scope: str | None = None
+) -> CorpusRecord | None:
+    """latest_corpus_metrics through a given connection (inside its transaction)."""
     query = select(CORPUS).where(CORPUS.c.run_id == run_id, CORPUS.c.method == method)
     if scope is not None:
         query = query.where(CORPUS.c.scope == scope)
-    with store.reader.connect() as conn:
-        newest = conn.execute(query.order_by(CORPUS.c.id.desc()).limit(1)).first()
-        if newest is None:
-            return None
-        rows = conn.execute(
-            query.where(
-                CORPUS.c.created_at == newest.created_at,
-                CORPUS.c.scope == newest.scope,
-                CORPUS.c.n_samples == newest.n_samples,
-            ).order_by(CORPUS.c.id)
-        ).all()
+    newest = conn.execute(query.order_by(CORPUS.c.id.desc()).limit(1)).first()
+    if newest is None:
+        return None
+    rows = conn.execute(
+        query.where(
+            CORPUS.c.created_at == newest.created_at,
+            CORPUS.c.scope == newest.scope,
+            CORPUS.c.n_samples == newest.n_samples,
+        ).order_by(CORPUS.c.id)
+    ).all()
     return CorpusRecord(newest.n_samples, newest.scope, {r.metric: r.value for r in rows})
 
 

@@ -32,7 +32,8 @@ from cobra_eval.store.checkpoint_io import (
     dumps,
     loads_exact,
 )
-from cobra_eval.store.repository import CORPUS, PLAN, RESULT, RUN, RUN_METHOD, Store
+from cobra_eval.store.repository import PLAN, RESULT, RUN, RUN_METHOD, Store
+from cobra_eval.store.scores import latest_corpus_in
 
 #: Results read, serialised and written at a time (~0.2 MB of JSON, ~1.5 MB as objects).
 CHUNK_ROWS = 250
@@ -150,21 +151,11 @@ def _head(
 
 
 def _latest_corpus(conn: Connection, run_id: str, method: str) -> CorpusMetrics | None:
-    """scores.latest_corpus_metrics, inside this transaction (its snapshot)."""
-    query = select(CORPUS).where(CORPUS.c.run_id == run_id, CORPUS.c.method == method)
-    newest = conn.execute(query.order_by(CORPUS.c.id.desc()).limit(1)).first()
+    """The newest corpus scores, inside this transaction (its snapshot)."""
+    newest = latest_corpus_in(conn, run_id, method)
     if newest is None:
         return None
-    rows = conn.execute(
-        query.where(
-            CORPUS.c.created_at == newest.created_at,
-            CORPUS.c.scope == newest.scope,
-            CORPUS.c.n_samples == newest.n_samples,
-        ).order_by(CORPUS.c.id)
-    ).all()
-    return CorpusMetrics(
-        n_samples=newest.n_samples, scope=newest.scope, scores={r.metric: r.value for r in rows}
-    )
+    return CorpusMetrics(n_samples=newest.n_samples, scope=newest.scope, scores=newest.scores)
 
 
 def _result_chunks(conn: Connection, run_id: str, method: str, expected: int) -> Iterator[bytes]:
