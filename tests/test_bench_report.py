@@ -1,0 +1,48 @@
+"""`make bench`'s RESULTS.md: the targets table is read from what the benchmarks print."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from benchmarks.report import TARGETS, parse_log, render
+
+LOG = """\
+== python -m benchmarks.store_cost
+per-sample commit (result + 1 pass + 14 metric rows), SQLite, 500 commits: median 0.81 ms (min 0.74, max 5.85)
+the same in batches of 16 (one transaction a batch, as a run commits), per sample: median 0.13 ms (min 0.12, max 0.58)
+checkpoint export of 1000 results: median 26.50 ms (min 25.10, max 30.00), 26.5 us/result
+== python -m benchmarks.run_overhead
+tool overhead (metrics none vs bare generation): loop 4.2%, whole 9.0%
+demo run as started from the shell, --metrics bleu,meteor,rouge,cider: 18.84 s (min 18.66, max 19.97); 1.989x the --metrics none run
+Traceback (most recent call last):
+"""  # noqa: E501
+
+
+def rows_of(text: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 4:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_each_target_is_read_from_its_line_met_or_not_or_reported_missing() -> None:
+    outputs = parse_log(LOG)
+    assert list(outputs) == ["store_cost", "run_overhead"]
+    assert "Traceback" not in outputs["run_overhead"]
+    page = render(outputs, datetime(2026, 11, 29, 12, 0))
+    rows = rows_of(page)
+    by_what = {t.what: rows[t.what] for t in TARGETS}
+    commit, batched, export_1k = (by_what[t.what] for t in TARGETS[:3])
+    assert commit == ["<= 1 ms", "0.81 ms (0.74-5.85)", "yes"]
+    assert batched == ["<= 1 ms", "0.13 ms (0.12-0.58)", "yes"]
+    assert export_1k == ["<= 20 ms", "26.50 ms (25.10-30.00)", "no"]
+    overhead = next(v for w, v in by_what.items() if w.startswith("tool overhead"))
+    assert overhead == ["<= 5%", "4.2%", "yes"]
+    overlap = next(v for w, v in by_what.items() if w.startswith("demo run, all metrics"))
+    assert overlap == ["<= 1.15x", "1.989x", "no"]
+    # a benchmark that did not run is not hidden: its targets say so
+    memory = next(v for w, v in by_what.items() if w.startswith("memory of a 100,000"))
+    assert memory[1:] == ["not measured", "-"]
+    assert "`python -m benchmarks.store_cost`" in page and "2026-11-29 12:00" in page
