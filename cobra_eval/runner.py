@@ -56,6 +56,9 @@ from cobra_eval.store.snapshots import (
 MAX_CONSECUTIVE_FAILURES = 20
 #: Seconds between looks at the database while other workers hold the remaining samples.
 CLAIM_POLL_S = 1.0
+#: Batches a worker claims at once: a claim is a write transaction, and the model
+#: should not wait for one per batch (the claims are renewed while they wait).
+CLAIM_AHEAD = 4
 #: An exporter that died frees the export lease after this many seconds.
 EXPORT_LEASE_S = 120.0
 #: How long a finishing worker waits for another's export before writing the final file.
@@ -261,6 +264,7 @@ class _MethodLoop:
         lease_s = self.settings.lease_seconds
         waiting_shown = False
         previous: list[int] = []
+        queued: list[int] = []
         cursor = ClaimCursor()
         # with the generation cache off, a batch generated but not yet committed would be
         # lost work if the process died: then each batch is finished before the next starts
@@ -269,12 +273,14 @@ class _MethodLoop:
             with Heartbeat(self.store, self.run_id, name, self.worker, lease_s) as heartbeat, \
                     finisher:  # fmt: skip
                 while True:
-                    claimed = claim_batch(
-                        self.store, self.run_id, name, self.worker,
-                        limit=self.settings.batch_size, total=self.total, lease_s=lease_s,
-                        retry_failed_before=started, in_hand=previous, cursor=cursor,
-                    )  # fmt: skip
-                    if not claimed:
+                    if not queued:
+                        queued = claim_batch(
+                            self.store, self.run_id, name, self.worker,
+                            limit=self.settings.batch_size * CLAIM_AHEAD, total=self.total,
+                            lease_s=lease_s, retry_failed_before=started, in_hand=previous,
+                            cursor=cursor,
+                        )  # fmt: skip
+                    if not queued:
                         finisher.wait()
                         heartbeat.hold([])
                         others = others_work(self.store, self.run_id, name, self.worker, self.total)
@@ -288,8 +294,10 @@ class _MethodLoop:
                             waiting_shown = True
                         time.sleep(min(CLAIM_POLL_S, lease_s / 4))
                         continue
+                    claimed = queued[: self.settings.batch_size]
+                    queued = queued[self.settings.batch_size :]
                     # the batch being finished stays claimed until it is committed
-                    heartbeat.hold(previous + claimed)
+                    heartbeat.hold(previous + claimed + queued)
                     batch = [self.samples[i] for i in claimed]
                     generated = self._generate(batch)
                     finisher.submit(functools.partial(self._finish, batch, generated, summary))

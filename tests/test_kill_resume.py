@@ -318,8 +318,11 @@ def test_sigkill_at_a_point_then_resume_ends_like_a_clean_run(
         assert rows[method] in (expected if isinstance(expected, tuple) else (expected,)), rows
     printed = printed_counts(killed.stdout, method_opt)
     for method in METHODS[method_opt]:
-        # exactly the committed samples were reported, each once, in order
-        assert printed[method] == list(range(1, rows[method] + 1)), method
+        # committed samples were reported each once, in order, and never one not committed;
+        # a kill from the generating thread may find the last batch's lines still printing
+        shown = len(printed[method]) if point == "generate" else rows[method]
+        assert printed[method] == list(range(1, shown + 1)), method
+        assert rows[method] - BATCH <= shown <= rows[method], method
     run_id = world.only_run_id()
     statuses = world.rows(
         "SELECT method, status FROM run_method WHERE run_id = ? ORDER BY id", run_id
