@@ -53,7 +53,7 @@ def main() -> None:
             f"| {len(requests)} |"
         )
     if 1 in medians and 16 in medians:
-        print(f"batch 16 / batch 1: {medians[16] / medians[1]:.1f}x")
+        print(f"batch 16 / batch 1: {medians[16] / medians[1]:.2f}x")
     first = next(iter(outputs.values()))
     same = all(texts == first for texts in outputs.values())
     print(f"batched captions identical to batch-1 captions: {same}")

@@ -123,9 +123,10 @@ def main() -> None:
         f"{spread([t / len(items) for t in times], 'ms/sample', 1000)}"
     )
     texts = ptb_tokenize({i: [c] for i, c in items})
+    refs = ptb_tokenize({i: references[i] for i, _ in items})
     # the scoring alone (SampleScorer._one on tokenized text): what is left without Java
     alone_t, _ = timed(
-        lambda: [scorer._one(i, texts[i][0], scorer.refs[i], None) for i, _ in items], args.repeats
+        lambda: [scorer._one(i, texts[i][0], refs[i], None) for i, _ in items], args.repeats
     )
     print(
         f"  of which scoring alone: {spread([t / len(items) for t in alone_t], 'ms/sample', 1000)}"

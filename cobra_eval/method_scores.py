@@ -14,7 +14,12 @@ from cobra_eval.datasets import Sample
 from cobra_eval.methods import Method, PassOutput
 from cobra_eval.metrics import METRIC_GROUPS, CorpusScores, score_corpus
 from cobra_eval.metrics.corpus import spice_unavailable_reason
-from cobra_eval.metrics.per_sample import DocumentFrequency, SampleScore, SampleScorer
+from cobra_eval.metrics.per_sample import (
+    CorpusPart,
+    DocumentFrequency,
+    SampleScore,
+    SampleScorer,
+)
 from cobra_eval.progress import Reporter
 from cobra_eval.store import Store
 from cobra_eval.store.checkpoint_io import ResultRecord
@@ -51,9 +56,13 @@ class MethodScores:
         self.store, self.run_id, self.method, self.samples = store, run_id, method, samples
         self.metrics, self.scorer, self.reporter, self.worker = metrics, scorer, reporter, worker
         #: scores of the successful results in this selection: what corpus scores pool
-        self.scored: dict[int, SampleScore] = {}
+        self.scored: dict[int, CorpusPart] = {}
         #: results other workers commit after this are picked up at each checkpoint
         self.loaded_at = utcnow()
+
+    def add(self, image_id: int, score: SampleScore) -> None:
+        """Keep what a scored sample adds to corpus scores (only that: one per sample)."""
+        self.scored[image_id] = CorpusPart.of(score)
 
     def load(self) -> int:
         """Read the stored scores of this selection; score again what they cannot serve.
@@ -72,7 +81,7 @@ class MethodScores:
             if self.scorer.available and not (entry.scoring and self.scorer.covers(entry.scoring)):
                 stale.append(image_id)
             else:
-                self.scored[image_id] = SampleScore(dict(entry.metrics), dict(entry.scoring or {}))
+                self.add(image_id, SampleScore(dict(entry.metrics), dict(entry.scoring or {})))
         if not stale:
             return 0
         wanted = set(stale)
@@ -101,7 +110,7 @@ class MethodScores:
                     pass_metrics=[dict(p.metrics) for p in done],
                     metadata=self.refreshed_metadata(result, done),
                 )
-                self.scored[result.image_id] = merged
+                self.add(result.image_id, merged)
         update_scores(self.store, self.run_id, self.method.name, updates)
         planned = self.scorer.document_frequency
         if planned is not None:
@@ -151,7 +160,7 @@ class MethodScores:
         for image_id, entry in others.items():
             if image_id in self.samples and image_id not in self.scored and entry.scoring \
                     and self.scorer.covers(entry.scoring):  # fmt: skip
-                self.scored[image_id] = SampleScore(dict(entry.metrics), dict(entry.scoring))
+                self.add(image_id, SampleScore(dict(entry.metrics), dict(entry.scoring)))
 
     def final(self, *, reuse: bool) -> CorpusScores | None:
         """Corpus metrics of the method's successful results in this selection.

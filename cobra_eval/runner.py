@@ -380,7 +380,7 @@ class _MethodLoop:
         name = self.method.name
         if item.scoring is not None:
             scores = {key: value for key, value in result.metrics.items() if value is not None}
-            self.scores.scored[result.image_id] = SampleScore(scores, dict(item.scoring))
+            self.scores.add(result.image_id, SampleScore(scores, dict(item.scoring)))
         if result.status == "failed":
             # the next invocation may retry it at once
             release(self.store, self.run_id, name, self.worker, [result.image_id])

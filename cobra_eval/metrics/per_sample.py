@@ -18,15 +18,17 @@ import hashlib
 import json
 import math
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from cobra_eval.metrics import coco_scorers
 from cobra_eval.metrics.corpus import METRIC_GROUPS, ptb_tokenize, sanitize
 from cobra_eval.metrics.meteor import MeteorProcess
 from cobra_eval.metrics.pooling import mean, pooled_bleu
 
+#: Planned images whose references are tokenized per request when counting document frequencies.
+REFERENCE_CHUNK = 4_000
 #: Metric groups that can be scored per sample (SPICE is corpus-only here).
 PER_SAMPLE_GROUPS = ("bleu", "meteor", "rouge", "cider")
 
@@ -38,6 +40,40 @@ class SampleScore:
     scores: dict[str, float] = field(default_factory=dict)
     #: {"bleu": {testlen, reflen, guess, correct}, "meteor": stats line, "cider_planned": N}
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+class CorpusPart(NamedTuple):
+    """What one sample adds to corpus scores, kept small: a run holds one per sample.
+
+    BLEU's (testlen, closest reflen, guess x4, correct x4), METEOR's statistics
+    line, and the ROUGE-L and CIDEr-D values the corpus means are taken over.
+    """
+
+    bleu: tuple[int, ...] | None
+    meteor: str | None
+    rouge: float | None
+    cider: float | None
+
+    @classmethod
+    def of(cls, score: SampleScore) -> CorpusPart:
+        """The corpus part of a sample's scores and statistics."""
+        comps = score.detail.get("bleu")
+        bleu = (
+            (int(comps["testlen"]), int(comps["reflen"]), *map(int, comps["guess"]),
+             *map(int, comps["correct"]))
+            if comps
+            else None
+        )  # fmt: skip
+        return cls(bleu, score.detail.get("meteor"), score.scores.get("ROUGE_L"),
+                   score.scores.get("CIDEr"))  # fmt: skip
+
+
+def _bleu_comps(bleu: tuple[int, ...] | None) -> dict[str, Any]:
+    if bleu is None:
+        raise ValueError("a sample without BLEU statistics cannot be pooled")
+    n = (len(bleu) - 2) // 2
+    return {"testlen": bleu[0], "reflen": bleu[1], "guess": bleu[2 : 2 + n],
+            "correct": bleu[2 + n :]}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -76,48 +112,61 @@ class SampleScorer:
     ):
         self.groups = [g for g in metrics if g in PER_SAMPLE_GROUPS]
         self.available = bool(self.groups) and shutil.which("java") is not None
-        self.refs: dict[int, list[str]] = {}
+        # raw references, tokenized with each batch's captions: holding every planned
+        # image's tokenized references would cost ~80 MB at 100k images
+        self.references: dict[int, list[str]] = {}
         self.meteor = MeteorProcess()
         self.document_frequency: DocumentFrequency | None = None
         self._cider: coco_scorers.CiderD | None = None
         if not self.available:
             return
-        self.refs = ptb_tokenize({i: list(r) for i, r in references.items() if r})
+        self.references = {i: list(r) for i, r in references.items() if r}
         if "cider" in self.groups:
             if document_frequency is None:
-                # references are cooked image by image and dropped: _one cooks its own again
-                # (~50 µs), cheaper than holding every planned image's n-grams in memory
-                cooked = ([coco_scorers.cook(r) for r in refs] for refs in self.refs.values())
-                counts = coco_scorers.document_frequency(cooked)
-                document_frequency = DocumentFrequency(len(self.refs), counts)
+                counts = coco_scorers.document_frequency(self._cooked_references())
+                document_frequency = DocumentFrequency(len(self.references), counts)
             self.document_frequency = document_frequency
             # the planned set's df and N (not this call's): every sample gets its batch value
             self._cider = coco_scorers.CiderD(
                 document_frequency.counts, document_frequency.n_images
             )
 
+    def _cooked_references(self) -> Iterator[list[Any]]:
+        """Every planned image's cooked references, tokenized a chunk at a time and dropped."""
+        ids = list(self.references)
+        for start in range(0, len(ids), REFERENCE_CHUNK):
+            chunk = {i: self.references[i] for i in ids[start : start + REFERENCE_CHUNK]}
+            for refs in ptb_tokenize(chunk).values():
+                yield [coco_scorers.cook(r) for r in refs]
+
     @property
     def planned(self) -> int:
         """N of CIDEr-D's log(N): the planned samples that have references."""
-        return len(self.refs)
+        return len(self.references)
 
     def score(self, items: Sequence[tuple[int, str]]) -> list[SampleScore]:
         """Scores of every (image_id, caption); empty for a pair that cannot be scored."""
         if not self.available or not items:
             return [SampleScore() for _ in items]
-        texts = ptb_tokenize({k: [sanitize(text)] for k, (_, text) in enumerate(items)})
-        scorable = [k for k, (image_id, _) in enumerate(items) if self.refs.get(image_id)]
+        scorable = [k for k, (image_id, _) in enumerate(items) if image_id in self.references]
+        # captions and their references in one tokenizer call (-preserveLines: each line alone)
+        request: dict[tuple[str, int], list[str]] = {
+            ("caption", k): [sanitize(text)] for k, (_, text) in enumerate(items)
+        }
+        request.update({("refs", k): self.references[items[k][0]] for k in scorable})
+        tokenized = ptb_tokenize(request)
+        texts = {k: tokenized["caption", k][0] for k in range(len(items))}
+        refs = {k: tokenized["refs", k] for k in scorable}
         meteor: dict[int, tuple[str, float]] = {}
         if "meteor" in self.groups and scorable:
             # one round trip for the batch's statistics lines and one EVAL for their scores
-            pairs = [(texts[k][0], self.refs[items[k][0]]) for k in scorable]
+            pairs = [(texts[k], refs[k]) for k in scorable]
             stats = self.meteor.stats_many(pairs)
             _, values = self.meteor.evaluate(stats)
             meteor = dict(zip(scorable, zip(stats, values, strict=True), strict=True))
         out = []
         for k, (image_id, _) in enumerate(items):
-            refs = self.refs.get(image_id)
-            scored = self._one(image_id, texts[k][0], refs, meteor.get(k)) if refs else None
+            scored = self._one(image_id, texts[k], refs[k], meteor.get(k)) if k in refs else None
             out.append(scored or SampleScore())
         return out
 
@@ -158,19 +207,21 @@ class SampleScorer:
             return detail.get("cider_planned") == self.document_frequency.n_images
         return True
 
-    def corpus(self, samples: Sequence[SampleScore]) -> dict[str, float]:
+    def corpus(self, samples: Sequence[SampleScore | CorpusPart]) -> dict[str, float]:
         """Corpus scores of scored samples, pooled as pycocoevalcap pools a batch of them."""
         if not self.available or not samples:
             return {}
+        parts = [s if isinstance(s, CorpusPart) else CorpusPart.of(s) for s in samples]
         out: dict[str, float] = {}
         if "bleu" in self.groups:
-            out.update(zip(METRIC_GROUPS["bleu"], pooled_bleu([s.detail["bleu"] for s in samples]),
-                           strict=True))  # fmt: skip
+            comps = [_bleu_comps(p.bleu) for p in parts]
+            out.update(zip(METRIC_GROUPS["bleu"], pooled_bleu(comps), strict=True))
         if "meteor" in self.groups:
-            out["METEOR"] = self.meteor.evaluate([s.detail["meteor"] for s in samples])[0]
-        for key, group in (("ROUGE_L", "rouge"), ("CIDEr", "cider")):
-            if group in self.groups:
-                out[key] = mean([s.scores.get(key, 0.0) for s in samples])
+            out["METEOR"] = self.meteor.evaluate([p.meteor or "" for p in parts])[0]
+        if "rouge" in self.groups:
+            out["ROUGE_L"] = mean([p.rouge if p.rouge is not None else 0.0 for p in parts])
+        if "cider" in self.groups:
+            out["CIDEr"] = mean([p.cider if p.cider is not None else 0.0 for p in parts])
         return out
 
     def warm_up(self) -> None:
