@@ -41,14 +41,6 @@ class BatchFinisher:
         pending.result()
         self._pending = None
 
-    def close(self) -> None:
-        """Finish what is in hand, then stop the thread."""
-        try:
-            self.wait()
-        finally:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-
     def __enter__(self) -> BatchFinisher:
         return self
 

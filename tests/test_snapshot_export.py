@@ -22,9 +22,15 @@ import orjson
 import pytest
 from sqlalchemy import insert
 
+from cobra_eval import __version__
+from cobra_eval.config import SETTINGS_KEY
 from cobra_eval.errors import StoreError
 from cobra_eval.store import Store, checkpoint_io, resolve_url
 from cobra_eval.store.checkpoint_io import (
+    CheckpointFile,
+    CheckpointInfo,
+    CheckpointMeta,
+    CorpusMetrics,
     ResultRecord,
     dump_json,
     dumps,
@@ -40,14 +46,9 @@ from cobra_eval.store.checkpoint_schedule import (
 from cobra_eval.store.models import utcnow
 from cobra_eval.store.repository import RESULT
 from cobra_eval.store.result_writer import write_result
-from cobra_eval.store.scores import record_corpus_metrics
+from cobra_eval.store.scores import latest_corpus_metrics, record_corpus_metrics
 from cobra_eval.store.snapshot_stream import CHUNK_ROWS, encode_results, open_snapshot
-from cobra_eval.store.snapshots import (
-    build_document,
-    catch_up_checkpoint,
-    export_snapshot,
-    import_document,
-)
+from cobra_eval.store.snapshots import catch_up_checkpoint, export_snapshot, import_document
 from tests.conftest import World
 
 WHEN = datetime(2025, 11, 30, 12, 0, 0)
@@ -57,6 +58,51 @@ HUGE = {"big": 2**70, "negative": -(2**64) - 1, "edges": [2**64 - 1, -(2**63), 2
 
 def open_store(world: World) -> Store:
     return Store.open(resolve_url(world.url or str(world.db)))
+
+
+def full_config(store: Store, run_id: str, method: str) -> dict[str, Any]:
+    """The config recorded in exports: run part, method part and settings."""
+    run = store.get_run(run_id)
+    progress = store.method_progress(run_id, method)
+    if run is None or not progress:
+        raise StoreError(f"run {run_id!r} has no method {method!r} in {store.display}")
+    return {**run.config, "method": progress[0].config, SETTINGS_KEY: progress[0].settings}
+
+
+def build_document(
+    store: Store, run_id: str, method: str, *, is_checkpoint: bool, when: datetime
+) -> CheckpointFile:
+    """The whole run/method as one pydantic document: the reference the stream must equal."""
+    progress = store.method_progress(run_id, method)
+    if not progress:
+        raise StoreError(f"run {run_id!r} has no method {method!r} in {store.display}")
+    total = progress[0].total_planned
+    results = list(store.results(run_id, method))
+    in_plan = store.count_results(run_id, method, limit=total)
+    corpus = latest_corpus_metrics(store, run_id, method)
+    ok = sum(r.status == "ok" for r in results)
+    return CheckpointFile(
+        meta=CheckpointMeta(
+            timestamp=when.isoformat(timespec="seconds"),
+            config=full_config(store, run_id, method),
+            method=method,
+            samples_processed=len(results),
+            total_samples=total,
+            is_checkpoint=is_checkpoint,
+            run_id=run_id,
+            tool_version=__version__,
+        ),
+        checkpoint_info=CheckpointInfo(
+            processed_count=len(results), remaining_count=max(total - in_plan, 0)
+        ),
+        # only scores of exactly these results: older ones would describe another set
+        corpus_metrics=CorpusMetrics(
+            n_samples=corpus.n_samples, scope=corpus.scope, scores=corpus.scores
+        )
+        if corpus is not None and corpus.n_samples == ok
+        else None,
+        results=results,
+    )
 
 
 def reference_bytes(store: Store, method: str, *, is_checkpoint: bool = True) -> bytes:

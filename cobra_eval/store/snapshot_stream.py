@@ -1,7 +1,7 @@
 """A checkpoint document streamed from one consistent read of the database.
 
-The bytes equal ``dumps(build_document(...))`` (see test_snapshot_export), but
-nothing proportional to the number of results is held: rows are read in
+The bytes equal `dumps()` of the whole pydantic document (test_snapshot_export builds it
+independently), but nothing proportional to the number of results is held: rows are read in
 chunks, their JSON columns are read as text and parsed with orjson (rows from
 our own database need no validation), each chunk is serialised once and
 re-indented into place, and the caller writes (and hashes) it as it comes.

@@ -22,9 +22,6 @@ from cobra_eval.config import (
 from cobra_eval.errors import ConfigMismatchError, StoreError
 from cobra_eval.store.checkpoint_io import (
     CheckpointFile,
-    CheckpointInfo,
-    CheckpointMeta,
-    CorpusMetrics,
     checkpoint_name,
     final_name,
     latest_name,
@@ -42,7 +39,7 @@ from cobra_eval.store.repository import (
     Store,
 )
 from cobra_eval.store.result_writer import CommitItem, write_results
-from cobra_eval.store.scores import latest_corpus_metrics, record_corpus_metrics
+from cobra_eval.store.scores import record_corpus_metrics
 from cobra_eval.store.snapshot_stream import open_snapshot
 
 
@@ -65,51 +62,6 @@ class ImportSummary:
     imported: int
     skipped: int
     created_run: bool
-
-
-def full_config(store: Store, run_id: str, method: str) -> dict[str, Any]:
-    """The config recorded in exports: run part, method part and settings."""
-    run = store.get_run(run_id)
-    progress = store.method_progress(run_id, method)
-    if run is None or not progress:
-        raise StoreError(f"run {run_id!r} has no method {method!r} in {store.display}")
-    return {**run.config, "method": progress[0].config, SETTINGS_KEY: progress[0].settings}
-
-
-def build_document(
-    store: Store, run_id: str, method: str, *, is_checkpoint: bool, when: datetime
-) -> CheckpointFile:
-    """The whole run/method as one document, results in plan order."""
-    progress = store.method_progress(run_id, method)
-    if not progress:
-        raise StoreError(f"run {run_id!r} has no method {method!r} in {store.display}")
-    total = progress[0].total_planned
-    results = list(store.results(run_id, method))
-    in_plan = store.count_results(run_id, method, limit=total)
-    corpus = latest_corpus_metrics(store, run_id, method)
-    ok = sum(r.status == "ok" for r in results)
-    return CheckpointFile(
-        meta=CheckpointMeta(
-            timestamp=when.isoformat(timespec="seconds"),
-            config=full_config(store, run_id, method),
-            method=method,
-            samples_processed=len(results),
-            total_samples=total,
-            is_checkpoint=is_checkpoint,
-            run_id=run_id,
-            tool_version=__version__,
-        ),
-        checkpoint_info=CheckpointInfo(
-            processed_count=len(results), remaining_count=max(total - in_plan, 0)
-        ),
-        # only scores of exactly these results: older ones would describe another set
-        corpus_metrics=CorpusMetrics(
-            n_samples=corpus.n_samples, scope=corpus.scope, scores=corpus.scores
-        )
-        if corpus is not None and corpus.n_samples == ok
-        else None,
-        results=results,
-    )
 
 
 def export_snapshot(
