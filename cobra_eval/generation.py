@@ -38,6 +38,7 @@ class CachedGenerator:
         self.backend, self.store, self.enabled = backend, store, enabled
         self.model_key = canonical_json(model_identity)
         self._image_hashes: dict[Path, str] = {}
+        self._params: tuple[GenerationParams, str] | None = None
         self.generated = 0
         self.hits = 0
 
@@ -52,8 +53,14 @@ class CachedGenerator:
             self._image_hashes[request.image_path] = digest
             if len(self._image_hashes) > 4096:  # a run streams images: keep memory flat
                 self._image_hashes.pop(next(iter(self._image_hashes)))
-        material = [self.model_key, request.prompt, digest, canonical_json(params.model_dump())]
+        material = [self.model_key, request.prompt, digest, self._params_key(params)]
         return hashlib.sha256("\0".join(material).encode("utf-8")).hexdigest()
+
+    def _params_key(self, params: GenerationParams) -> str:
+        """The parameters' canonical JSON, made once while they stay the same."""
+        if self._params is None or self._params[0] != params:
+            self._params = (params.model_copy(), canonical_json(params.model_dump()))
+        return self._params[1]
 
     def generate(
         self, requests: Sequence[GenerationRequest], params: GenerationParams

@@ -45,6 +45,7 @@ from cobra_eval.store.claims import (
 from cobra_eval.store.engine import database_error_message, worker_identity
 from cobra_eval.store.models import utcnow
 from cobra_eval.store.repository import CommitItem
+from cobra_eval.store.snapshot_stream import WrittenItems
 from cobra_eval.store.snapshots import (
     ExportedFile,
     catch_up_checkpoint,
@@ -249,7 +250,9 @@ class _MethodLoop:
                 fixed=self.settings.fixed_checkpoint_interval, keep=self.settings.keep_checkpoints,
             )
         )  # fmt: skip
+        self.written: WrittenItems | None = None
         if missed is not None:
+            self.written = missed.items
             summary.checkpoints.append(missed.path)
             self.last_exported = missed.count
             self.reporter.checkpoint(missed.path.name, missed.count, self.total)
@@ -333,8 +336,9 @@ class _MethodLoop:
             # and writes everything, after every other worker's commits
             summary.corpus = self.scores.final(reuse=summary.new_this_run == 0 and not rescored)
             return export_snapshot(
-                self.store, self.settings.output_dir, self.run_id, name, is_checkpoint=False
-            )
+                self.store, self.settings.output_dir, self.run_id, name, is_checkpoint=False,
+                earlier=self.written,
+            )  # fmt: skip
 
         final = self._exclusive_export(finish, wait=True)
         summary.final_file = final.path if final is not None else None
@@ -434,11 +438,13 @@ class _MethodLoop:
             self.scores.corpus("checkpoint")
             return export_snapshot(
                 self.store, self.settings.output_dir, self.run_id, self.method.name,
-                is_checkpoint=True, keep=self.settings.keep_checkpoints,
+                is_checkpoint=True, keep=self.settings.keep_checkpoints, earlier=self.written,
             )  # fmt: skip
 
         exported = self._exclusive_export(export)
         if exported is not None:
+            # the next checkpoint copies this one's results (while they are unchanged)
+            self.written = exported.items
             self.last_exported = exported.count
             self.reporter.checkpoint(exported.path.name, exported.count, self.total)
         return exported

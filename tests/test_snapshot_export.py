@@ -46,7 +46,12 @@ from cobra_eval.store.checkpoint_schedule import (
 from cobra_eval.store.models import utcnow
 from cobra_eval.store.repository import RESULT
 from cobra_eval.store.result_writer import write_result
-from cobra_eval.store.scores import latest_corpus_metrics, record_corpus_metrics
+from cobra_eval.store.scores import (
+    ScoreUpdate,
+    latest_corpus_metrics,
+    record_corpus_metrics,
+    update_scores,
+)
 from cobra_eval.store.snapshot_stream import CHUNK_ROWS, encode_results, open_snapshot
 from cobra_eval.store.snapshots import catch_up_checkpoint, export_snapshot, import_document
 from tests.conftest import World
@@ -335,6 +340,65 @@ def test_a_snapshot_ignores_results_committed_while_it_is_written(world: World) 
     assert doc["checkpoint_info"] == {"processed_count": n, "remaining_count": 1}
     assert doc["meta"]["samples_processed"] == len(doc["results"]) == n
     assert [r["image_id"] for r in doc["results"]] == list(range(n))
+
+
+def commit_ids(store: Store, ids: list[int], *, status: str = "ok") -> None:
+    for i in ids:
+        failed = {"status": "failed", "error": "out of memory"} if status == "failed" else {}
+        result = ResultRecord(
+            image_id=i, reference_captions=[f"ref {i} ☕"], generated_caption=f"caption {i}\n🐈",
+            metadata={"parse_status": "ok", **failed}, metrics={"CIDEr": i / 7, "Bleu_4": None},
+        )  # fmt: skip
+        assert store.commit_result("r", "baseline", result, worker="w:1", latency_s=0.1)
+
+
+@pytest.mark.databases
+def test_a_checkpoint_copies_the_results_of_the_one_before_only_while_they_hold(
+    world: World, tmp_path: Path
+) -> None:
+    """Each file equals a fresh export's bytes; earlier results are copied only when unchanged."""
+    with open_store(world) as store:
+        new_run(store, list(range(1, 41)), total=40)
+        earlier = None
+
+        def export(reused: int) -> None:
+            nonlocal earlier
+            exported = export_snapshot(
+                store, tmp_path, "r", "baseline", is_checkpoint=True, when=WHEN, earlier=earlier
+            )
+            assert exported.path.read_bytes() == reference_bytes(store, "baseline")
+            assert exported.reused == reused
+            earlier = exported.items
+
+        commit_ids(store, list(range(1, 11)))
+        export(reused=0)
+        commit_ids(store, list(range(11, 21)))
+        export(reused=10)  # appended: the first 10 are copied
+        export(reused=20)  # nothing new (the same file name: copied from the replaced file)
+        commit_ids(store, [21, 22])
+        commit_ids(store, [23], status="failed")
+        export(reused=20)
+        commit_ids(store, [23])  # the failed result is replaced: nothing is copied
+        export(reused=0)
+        commit_ids(store, [24])
+        export(reused=23)
+        update_scores(store, "r", "baseline", {3: ScoreUpdate(metrics={"CIDEr": 0.25})})
+        export(reused=0)  # rescored in place
+        commit_ids(store, [30])
+        export(reused=24)
+        commit_ids(store, [26])  # committed after 30 but planned before it (another worker)
+        export(reused=0)
+        commit_ids(store, [31])
+        assert earlier is not None
+        with earlier.path.open("r+b") as handle:  # the file changed since it was written
+            handle.seek(earlier.start + 3)
+            handle.write(b"X")
+        export(reused=0)
+        with store.engine.begin() as conn:  # a result outside the plan: placed after the rest
+            unplanned = ResultRecord(image_id=999, reference_captions=[], generated_caption="u")
+            write_result(conn, "r", "baseline", unplanned, worker="w:2", latency_s=None)
+        export(reused=0)
+        assert earlier is None  # such a file is not copied from
 
 
 def test_streaming_export_memory_is_bounded(tmp_path: Path) -> None:

@@ -17,7 +17,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, exists, func, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cobra_eval.store.engine import process_alive, user_at_host
@@ -76,31 +87,13 @@ def claim_batch(
     now = utcnow()
     with store.engine.begin() as conn:
         _expire_dead_local_claims(conn, run_id, method, now)
-        taken_by_others = exists().where(
-            CLAIM.c.run_id == run_id,
-            CLAIM.c.method == method,
-            CLAIM.c.image_id == PLAN.c.image_id,
-            CLAIM.c.worker != worker,
-            CLAIM.c.expires_at > now,
-        )
-        settled = exists().where(
-            RESULT.c.run_id == run_id,
-            RESULT.c.method == method,
-            RESULT.c.image_id == PLAN.c.image_id,
-            or_(RESULT.c.status == "ok", RESULT.c.created_at >= retry_failed_before),
-        )
-        pending = (
-            select(PLAN.c.image_id, PLAN.c.position)
-            .where(PLAN.c.run_id == run_id, PLAN.c.position < total)
-            .where(~settled, ~taken_by_others)
-            .where(PLAN.c.image_id.not_in(list(in_hand)))
-            .order_by(PLAN.c.position)
-            .limit(limit)
-        )
         start = cursor.position if cursor is not None else -1
-        found = conn.execute(pending.where(PLAN.c.position > start)).all()
+        keys = {"run_id": run_id, "method": method, "worker": worker, "now": now,
+                "retry_before": retry_failed_before, "total": total, "in_hand": list(in_hand),
+                "limit": limit, "start": start}  # fmt: skip
+        found = conn.execute(_PENDING, keys).all()
         if not found and start >= 0:
-            found = conn.execute(pending).all()
+            found = conn.execute(_PENDING, {**keys, "start": -1}).all()
         if not found:
             return []
         if cursor is not None:
@@ -112,6 +105,47 @@ def claim_batch(
         # the rows go as parameters, not literal VALUES: the statement compiles once
         won = set(conn.execute(_claim_statement(conn), rows).scalars())
     return [i for i in candidates if i in won]
+
+
+_RUN_ID: BindParameter[str] = bindparam("run_id")
+_METHOD: BindParameter[str] = bindparam("method")
+_NOW: BindParameter[datetime] = bindparam("now")
+# built once with bound parameters (building it cost more than running it)
+_PENDING = (
+    select(PLAN.c.image_id, PLAN.c.position)
+    .where(PLAN.c.run_id == _RUN_ID, PLAN.c.position < bindparam("total"))
+    .where(PLAN.c.position > bindparam("start"))
+    .where(
+        # settled: a successful result, or one that failed in this invocation
+        ~exists().where(
+            RESULT.c.run_id == _RUN_ID,
+            RESULT.c.method == _METHOD,
+            RESULT.c.image_id == PLAN.c.image_id,
+            or_(RESULT.c.status == "ok", RESULT.c.created_at >= bindparam("retry_before")),
+        ),
+        # taken by another worker's live claim
+        ~exists().where(
+            CLAIM.c.run_id == _RUN_ID,
+            CLAIM.c.method == _METHOD,
+            CLAIM.c.image_id == PLAN.c.image_id,
+            CLAIM.c.worker != bindparam("worker"),
+            CLAIM.c.expires_at > _NOW,
+        ),
+        PLAN.c.image_id.not_in(bindparam("in_hand", expanding=True)),
+    )
+    .order_by(PLAN.c.position)
+    .limit(bindparam("limit"))
+)
+_LOCAL_HOLDERS = (
+    select(CLAIM.c.worker)
+    .distinct()
+    .where(
+        CLAIM.c.run_id == _RUN_ID,
+        CLAIM.c.method == _METHOD,
+        CLAIM.c.expires_at > _NOW,
+        CLAIM.c.worker.startswith(bindparam("prefix")),
+    )
+)
 
 
 def _claim_statement(conn: Connection) -> Any:
@@ -187,13 +221,8 @@ def clear_claims(store: Store, run_id: str, method: str) -> None:
 
 def _expire_dead_local_claims(conn: Connection, run_id: str, method: str, now: datetime) -> None:
     """A claim of a process of this host that no longer runs is over now, not at expiry."""
-    prefix = f"{user_at_host()}:"
-    holders = conn.execute(
-        select(CLAIM.c.worker).distinct().where(
-            CLAIM.c.run_id == run_id, CLAIM.c.method == method, CLAIM.c.expires_at > now,
-            CLAIM.c.worker.startswith(prefix),
-        )
-    ).scalars()  # fmt: skip
+    keys = {"run_id": run_id, "method": method, "now": now, "prefix": f"{user_at_host()}:"}
+    holders = conn.execute(_LOCAL_HOLDERS, keys).scalars()
     dead = [w for w in holders if _dead_local(w)]
     if dead:
         conn.execute(
@@ -212,37 +241,50 @@ def _dead_local(worker: str) -> bool:
     return worker.startswith(prefix) and pid.isdigit() and not process_alive(int(pid))
 
 
+_LEASE_KEY = and_(LEASE.c.run_id == bindparam("run_id"), LEASE.c.method == bindparam("method"))
+_LEASE_HOLDER = select(LEASE.c.worker).where(_LEASE_KEY)
+_LEASE_DROP = delete(LEASE).where(_LEASE_KEY)
+_LEASE_RELEASE = delete(LEASE).where(_LEASE_KEY, LEASE.c.worker == bindparam("worker"))
+
+
+def _lease_statement(conn: Connection) -> Any:
+    """Take the lease if it is free, expired or already ours; RETURNING says whether it was."""
+    stmt = _upsert(conn, LEASE)
+    new = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=[LEASE.c.run_id, LEASE.c.method],
+        set_={"worker": new.worker, "expires_at": new.expires_at},
+        where=or_(LEASE.c.expires_at <= bindparam("now"), LEASE.c.worker == new.worker),
+    ).returning(LEASE.c.worker)
+
+
+#: the lease upsert of each dialect, built on first use
+_LEASE_TAKE: dict[str, Any] = {}
+
+
 def acquire_export_lease(
     store: Store, run_id: str, method: str, worker: str, lease_s: float
 ) -> bool:
     """Become the one worker writing this method's checkpoint files, for lease_s at most."""
     now = utcnow()
+    key = {"run_id": run_id, "method": method}
     with store.engine.begin() as conn:
-        holder = conn.execute(
-            select(LEASE.c.worker).where(LEASE.c.run_id == run_id, LEASE.c.method == method)
-        ).scalar_one_or_none()
+        holder = conn.execute(_LEASE_HOLDER, key).scalar_one_or_none()
         if holder is not None and _dead_local(holder):
             # its writer was killed mid-export: the lease is over now, not at expiry
-            conn.execute(delete(LEASE).where(LEASE.c.run_id == run_id, LEASE.c.method == method))
-        stmt = _upsert(conn, LEASE).values(
-            run_id=run_id, method=method, worker=worker, expires_at=now + timedelta(seconds=lease_s)
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[LEASE.c.run_id, LEASE.c.method],
-            set_={"worker": worker, "expires_at": now + timedelta(seconds=lease_s)},
-            where=or_(LEASE.c.expires_at <= now, LEASE.c.worker == worker),
-        ).returning(LEASE.c.worker)
-        return conn.execute(stmt).first() is not None
+            conn.execute(_LEASE_DROP, key)
+        dialect = conn.dialect.name
+        take = _LEASE_TAKE.get(dialect)
+        if take is None:
+            take = _LEASE_TAKE[dialect] = _lease_statement(conn)
+        row = {**key, "worker": worker, "expires_at": now + timedelta(seconds=lease_s), "now": now}
+        return conn.execute(take, row).first() is not None
 
 
 def release_export_lease(store: Store, run_id: str, method: str, worker: str) -> None:
     """Give the export lease back."""
     with store.engine.begin() as conn:
-        conn.execute(
-            delete(LEASE).where(
-                and_(LEASE.c.run_id == run_id, LEASE.c.method == method, LEASE.c.worker == worker)
-            )
-        )
+        conn.execute(_LEASE_RELEASE, {"run_id": run_id, "method": method, "worker": worker})
 
 
 class Heartbeat:

@@ -37,6 +37,7 @@ from cobra_eval.store.repository import (
     RUN_METHOD,
     Store,
 )
+from cobra_eval.store.result_writer import bump_revision
 from cobra_eval.store.scores import DOC_FREQ
 
 #: Offenders listed per kind of conflict; the rest are counted.
@@ -264,6 +265,10 @@ class _Merge:
             self.touched.update(r["run_id"] for r in frequencies)
         self.report.document_frequencies_copied = len(frequencies)
         self._merge_run_status(dest_runs)
+        grown = sorted(self.touched & set(dest_runs))
+        if grown:
+            # results may have been replaced or placed between others: no snapshot's bytes hold
+            bump_revision(self.conn, grown)
         if self.src.cache is not None:
             self._merge_cache(self.src.cache)
         for run_id in self.run_ids:

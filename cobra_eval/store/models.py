@@ -73,6 +73,13 @@ class RunMethod(SQLModel, table=True):
         description="Non-semantic settings of the latest invocation (num_samples, interval...).",
     )
     total_planned: int = Field(default=0, description="Samples the latest invocation asked for.")
+    revision: int = Field(
+        default=0,
+        sa_column_kwargs={"server_default": "0"},
+        description="Bumped by every change to stored results but an append: rescoring, "
+        "replacing a failed result, merging. A checkpoint copies the bytes of results "
+        "it wrote before only while this is unchanged.",
+    )
     status: str = Field(
         default="running", max_length=20, description="running | finished | interrupted."
     )

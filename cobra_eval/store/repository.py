@@ -48,6 +48,27 @@ METRIC = MetricValue.__table__  # type: ignore[attr-defined]
 CHECKPOINT = Checkpoint.__table__  # type: ignore[attr-defined]
 CORPUS = CorpusMetric.__table__  # type: ignore[attr-defined]
 CACHE = GenerationCache.__table__  # type: ignore[attr-defined]
+# statements a run executes per batch or per checkpoint, built once with bound parameters
+_RECORD_CHECKPOINT = insert(CHECKPOINT)
+_COUNT = select(func.count()).where(
+    RESULT.c.run_id == bindparam("run_id"), RESULT.c.method == bindparam("method")
+)
+_COUNT_IN_PLAN = _COUNT.where(
+    RESULT.c.image_id.in_(
+        select(PLAN.c.image_id)
+        .where(PLAN.c.run_id == bindparam("run_id"), PLAN.c.position < bindparam("limit"))
+        .scalar_subquery()
+    )
+)
+_LAST_CHECKPOINT = select(func.coalesce(func.max(CHECKPOINT.c.count), 0)).where(
+    CHECKPOINT.c.run_id == bindparam("run_id"),
+    CHECKPOINT.c.method == bindparam("method"),
+    CHECKPOINT.c.is_final.is_(False),
+)
+_CACHED = select(CACHE.c.key, CACHE.c.output).where(
+    CACHE.c.key.in_(bindparam("keys", expanding=True))
+)
+_CACHED_KEYS = select(CACHE.c.key).where(CACHE.c.key.in_(bindparam("keys", expanding=True)))
 
 
 @dataclass(frozen=True)
@@ -367,14 +388,9 @@ class Store:
 
     def count_results(self, run_id: str, method: str, limit: int | None = None) -> int:
         """Samples of a method with a result row (ok or failed), within plan positions < limit."""
-        query = select(func.count()).where(RESULT.c.run_id == run_id, RESULT.c.method == method)
-        if limit is not None:
-            planned = select(PLAN.c.image_id).where(
-                PLAN.c.run_id == run_id, PLAN.c.position < limit
-            )
-            query = query.where(RESULT.c.image_id.in_(planned.scalar_subquery()))
+        keys = {"run_id": run_id, "method": method, "limit": limit}
         with self.reader.connect() as conn:
-            return conn.execute(query).scalar_one()
+            return conn.execute(_COUNT if limit is None else _COUNT_IN_PLAN, keys).scalar_one()
 
     def plan_length(self, run_id: str) -> int:
         """How many samples the run's plan holds (every invocation's selection)."""
@@ -469,22 +485,16 @@ class Store:
 
     def last_checkpoint_count(self, run_id: str, method: str) -> int:
         """The sample count of the newest periodic checkpoint recorded (0 if none)."""
-        query = select(func.coalesce(func.max(CHECKPOINT.c.count), 0)).where(
-            CHECKPOINT.c.run_id == run_id,
-            CHECKPOINT.c.method == method,
-            CHECKPOINT.c.is_final.is_(False),
-        )
         with self.reader.connect() as conn:
-            return int(conn.execute(query).scalar_one())
+            found = conn.execute(_LAST_CHECKPOINT, {"run_id": run_id, "method": method})
+            return int(found.scalar_one())
 
     def cached_outputs(self, keys: Sequence[str]) -> dict[str, str]:
         """Cached generations for these keys (missing keys are absent)."""
         if not keys:
             return {}
         with self.reader.connect() as conn:
-            rows = conn.execute(
-                select(CACHE.c.key, CACHE.c.output).where(CACHE.c.key.in_(set(keys)))
-            ).all()
+            rows = conn.execute(_CACHED, {"keys": sorted(set(keys))}).all()
         return {row.key: row.output for row in rows}
 
     def cache_outputs(self, outputs: dict[str, str]) -> None:
@@ -494,9 +504,7 @@ class Store:
         now = utcnow()
         try:
             with self.engine.begin() as conn:
-                present = set(
-                    conn.execute(select(CACHE.c.key).where(CACHE.c.key.in_(set(outputs)))).scalars()
-                )
+                present = set(conn.execute(_CACHED_KEYS, {"keys": sorted(outputs)}).scalars())
                 rows = [
                     {"key": key, "output": text, "created_at": now}
                     for key, text in outputs.items()
@@ -519,19 +527,10 @@ class Store:
         is_final: bool,
     ) -> None:
         """Remember an exported JSON file."""
+        row = {"run_id": run_id, "method": method, "count": count, "is_final": is_final,
+               "path": path, "bytes": size, "sha256": sha256, "created_at": utcnow()}  # fmt: skip
         with self.engine.begin() as conn:
-            conn.execute(
-                insert(CHECKPOINT).values(
-                    run_id=run_id,
-                    method=method,
-                    count=count,
-                    is_final=is_final,
-                    path=path,
-                    bytes=size,
-                    sha256=sha256,
-                    created_at=utcnow(),
-                )
-            )
+            conn.execute(_RECORD_CHECKPOINT, row)
 
 
 def _retry_on_conflict(action: Callable[[], None], attempts: int = 5) -> None:

@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from cobra_eval.store.checkpoint_io import ResultRecord
-from cobra_eval.store.models import MetricValue, SamplePass, SampleResult, utcnow
+from cobra_eval.store.models import MetricValue, RunMethod, SamplePass, SampleResult, utcnow
 
 RESULT = SampleResult.__table__  # type: ignore[attr-defined]
+RUN_METHOD = RunMethod.__table__  # type: ignore[attr-defined]
 PASS = SamplePass.__table__  # type: ignore[attr-defined]
 METRIC = MetricValue.__table__  # type: ignore[attr-defined]
 
@@ -25,6 +26,33 @@ METRIC = MetricValue.__table__  # type: ignore[attr-defined]
 _BY_ID_LIMIT = 500
 _DELETE_BATCH = 500
 _METRIC_COLUMNS = ("result_id", "pass_id", "name", "value")
+
+# built once with bound parameters: a run commits a batch at a time, and building these
+# statements cost more than running them
+_MINE = (RESULT.c.run_id == bindparam("run_id"), RESULT.c.method == bindparam("method"))
+_EXISTING_ALL = select(RESULT.c.id, RESULT.c.image_id, RESULT.c.status).where(*_MINE)
+#: by how many results are written: a few are looked up by image id, many by the method
+_EXISTING = {
+    True: _EXISTING_ALL.where(RESULT.c.image_id.in_(bindparam("ids", expanding=True))),
+    False: _EXISTING_ALL,
+}
+_INSERT_RESULT = insert(RESULT)
+_INSERT_PASS = insert(PASS)
+_PASS_IDS_ALL = select(PASS.c.result_id, PASS.c.pass_index, PASS.c.id)
+_PASS_IDS = _PASS_IDS_ALL.where(PASS.c.result_id.in_(bindparam("ids", expanding=True)))
+
+
+def bump_revision(conn: Connection, run_id: str | Sequence[str], method: str | None = None) -> None:
+    """Mark stored results as changed other than by appending (every method, with None).
+
+    A checkpoint writer copies the bytes of the results it wrote before only
+    while the revision it read then is unchanged (snapshot_stream).
+    """
+    runs = [run_id] if isinstance(run_id, str) else list(run_id)
+    stmt = update(RUN_METHOD).where(RUN_METHOD.c.run_id.in_(runs))
+    if method is not None:
+        stmt = stmt.where(RUN_METHOD.c.method == method)
+    conn.execute(stmt.values(revision=RUN_METHOD.c.revision + 1))
 
 
 @dataclass(frozen=True)
@@ -48,13 +76,9 @@ def write_results(
     ids = [item.result.image_id for item in items]
     mine = (RESULT.c.run_id == run_id, RESULT.c.method == method)
     # a batch looks up its own samples; an import of thousands reads the method's rows once
-    where = (*mine, RESULT.c.image_id.in_(ids)) if len(ids) <= _BY_ID_LIMIT else mine
-    existing = {
-        row.image_id: row
-        for row in conn.execute(
-            select(RESULT.c.id, RESULT.c.image_id, RESULT.c.status).where(*where)
-        )
-    }
+    few = len(ids) <= _BY_ID_LIMIT
+    keys = {"run_id": run_id, "method": method, "ids": ids}
+    existing = {row.image_id: row for row in conn.execute(_EXISTING[few], keys)}
     fresh: list[CommitItem] = []
     replaced: list[int] = []
     for item in items:
@@ -64,6 +88,8 @@ def write_results(
                 continue
             replaced.append(old.id)
         fresh.append(item)
+    if replaced:
+        bump_revision(conn, run_id, method)
     for start in range(0, len(replaced), _DELETE_BATCH):
         chunk = replaced[start : start + _DELETE_BATCH]
         conn.execute(delete(METRIC).where(METRIC.c.result_id.in_(chunk)))
@@ -74,7 +100,7 @@ def write_results(
         return [False] * len(items)
     now = utcnow()
     conn.execute(
-        insert(RESULT),
+        _INSERT_RESULT,
         [
             {
                 "run_id": run_id,
@@ -98,10 +124,7 @@ def write_results(
     )
     # ids read back by sample (unique in a run and method), not by RETURNING: with the
     # rows' order kept, SQLAlchemy would insert one row per statement on SQLite
-    id_of: dict[int, int] = {
-        row.image_id: row.id
-        for row in conn.execute(select(RESULT.c.image_id, RESULT.c.id).where(*where))
-    }
+    id_of: dict[int, int] = {row.image_id: row.id for row in conn.execute(_EXISTING[few], keys)}
     result_ids = [id_of[item.result.image_id] for item in fresh]
     passes = [_passes(item.result) for item in fresh]
     pass_rows = [
@@ -111,15 +134,16 @@ def write_results(
     ]
     pass_id: dict[tuple[int, int], int] = {}
     if pass_rows:
-        conn.execute(insert(PASS), pass_rows)
-        query = select(PASS.c.result_id, PASS.c.pass_index, PASS.c.id)
+        conn.execute(_INSERT_PASS, pass_rows)
         if len(result_ids) <= _BY_ID_LIMIT:
-            query = query.where(PASS.c.result_id.in_(result_ids))
+            found_ids = conn.execute(_PASS_IDS, {"ids": result_ids})
         else:
-            query = query.select_from(PASS.join(RESULT, PASS.c.result_id == RESULT.c.id)).where(
-                *mine
+            found_ids = conn.execute(
+                _PASS_IDS_ALL.select_from(PASS.join(RESULT, PASS.c.result_id == RESULT.c.id)).where(
+                    *mine
+                )
             )
-        pass_id = {(result_id, index): id_ for result_id, index, id_ in conn.execute(query)}
+        pass_id = {(result_id, index): id_ for result_id, index, id_ in found_ids}
     # per result: its own metrics, then each pass's
     metrics: list[tuple[int, int | None, str, float]] = []
     for result_id, item, found in zip(result_ids, fresh, passes, strict=True):

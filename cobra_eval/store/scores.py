@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cobra_eval.store.models import CiderDocumentFrequency, utcnow
 from cobra_eval.store.repository import CORPUS, METRIC, PASS, RESULT, Store
-from cobra_eval.store.result_writer import metric_rows
+from cobra_eval.store.result_writer import bump_revision, metric_rows
 
 DOC_FREQ = CiderDocumentFrequency.__table__  # type: ignore[attr-defined]
 
@@ -110,6 +110,8 @@ def update_scores(
             if fresh:
                 conn.execute(insert(METRIC), fresh)
             changed += 1
+        if changed:
+            bump_revision(conn, run_id, method)
     return changed
 
 
@@ -137,23 +139,38 @@ def latest_corpus_metrics(
         return latest_corpus_in(conn, run_id, method, scope)
 
 
+_NEWEST = (
+    select(CORPUS.c.created_at, CORPUS.c.scope, CORPUS.c.n_samples)
+    .where(CORPUS.c.run_id == bindparam("run_id"), CORPUS.c.method == bindparam("method"))
+    .order_by(CORPUS.c.id.desc())
+    .limit(1)
+)
+_NEWEST_OF_SCOPE = _NEWEST.where(CORPUS.c.scope == bindparam("scope"))
+_SET = (
+    select(CORPUS.c.metric, CORPUS.c.value)
+    .where(
+        CORPUS.c.run_id == bindparam("run_id"),
+        CORPUS.c.method == bindparam("method"),
+        CORPUS.c.created_at == bindparam("created_at"),
+        CORPUS.c.scope == bindparam("scope"),
+        CORPUS.c.n_samples == bindparam("n_samples"),
+    )
+    .order_by(CORPUS.c.id)
+)
+
+
 def latest_corpus_in(
     conn: Connection, run_id: str, method: str, scope: str | None = None
 ) -> CorpusRecord | None:
     """latest_corpus_metrics through a given connection (inside its transaction)."""
-    query = select(CORPUS).where(CORPUS.c.run_id == run_id, CORPUS.c.method == method)
-    if scope is not None:
-        query = query.where(CORPUS.c.scope == scope)
-    newest = conn.execute(query.order_by(CORPUS.c.id.desc()).limit(1)).first()
+    keys = {"run_id": run_id, "method": method}
+    if scope is None:
+        newest = conn.execute(_NEWEST, keys).first()
+    else:
+        newest = conn.execute(_NEWEST_OF_SCOPE, {**keys, "scope": scope}).first()
     if newest is None:
         return None
-    rows = conn.execute(
-        query.where(
-            CORPUS.c.created_at == newest.created_at,
-            CORPUS.c.scope == newest.scope,
-            CORPUS.c.n_samples == newest.n_samples,
-        ).order_by(CORPUS.c.id)
-    ).all()
+    rows = conn.execute(_SET, {**keys, **newest._asdict()}).all()
     return CorpusRecord(newest.n_samples, newest.scope, {r.metric: r.value for r in rows})
 
 

@@ -5,19 +5,38 @@ independently), but nothing proportional to the number of results is held: rows 
 chunks, their JSON columns are read as text and parsed with orjson (rows from
 our own database need no validation), each chunk is serialised once and
 re-indented into place, and the caller writes (and hashes) it as it comes.
+
+A run's checkpoints grow by a few results each: given the previous snapshot it
+wrote (`WrittenItems`), a writer copies that file's result bytes and serialises
+only the results committed since, when the database shows the copied ones are
+unchanged. Otherwise everything is serialised, as from scratch.
 """
 
 from __future__ import annotations
 
 import gc
 import itertools
+import os
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
-from sqlalchemy import Connection, Text, and_, cast, exists, func, literal, null, select
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    exists,
+    func,
+    literal,
+    null,
+    select,
+)
 
 from cobra_eval import __version__
 from cobra_eval.config import SETTINGS_KEY
@@ -39,6 +58,10 @@ from cobra_eval.store.scores import latest_corpus_in
 CHUNK_ROWS = 250
 #: The end of a serialised document whose results are empty: the results go there.
 _EMPTY_RESULTS = b"[]\n}\n"
+#: What follows the last result of a document that has results.
+_RESULTS_END = b"\n  ]\n}\n"
+#: Bytes of an earlier snapshot copied at a time.
+_COPY_BYTES = 1 << 20
 
 _COLUMNS = (
     RESULT.c.id,
@@ -61,41 +84,232 @@ _PLAIN_METRICS = {float, type(None)}
 
 
 @dataclass(frozen=True)
+class WrittenItems:
+    """Where a written snapshot's results lie in its file, and which stored results they are.
+
+    Handed to the next open_snapshot of the same run and method, whose document
+    then copies these bytes while the database shows those results unchanged:
+    the method's revision is the same (nothing rescored, replaced or merged), no
+    result up to last_id was added or removed, and every newer result comes
+    after last_position in the plan.
+    """
+
+    path: Path
+    #: byte offsets of the first result and just past the last one
+    start: int
+    end: int
+    count: int
+    last_position: int
+    last_id: int
+    revision: int
+    #: (inode, size, mtime in ns) of the file as written: a file changed since is not copied
+    file_id: tuple[int, int, int]
+
+
+@dataclass
+class _Seen:
+    """What a document's results were, as they streamed: for the WrittenItems of its file."""
+
+    count: int = 0
+    last_position: int = -1
+    last_id: int = -1
+    #: results outside the plan (after the planned ones): no later document copies these
+    unplanned: bool = False
+
+
+@dataclass
 class SnapshotDocument:
     """A run/method as read in one transaction: the document minus its results, and those."""
 
     head: CheckpointFile
     count: int
     results: Iterator[bytes]
+    revision: int = 0
+    #: the earlier file whose results open this document's, and how many they are
+    reused_from: tuple[IO[bytes], WrittenItems] | None = None
+    _seen: _Seen = field(default_factory=_Seen)
+    _prefix: int = 0
+
+    @property
+    def reused(self) -> int:
+        """How many results were copied from the earlier snapshot instead of serialised."""
+        return self.reused_from[1].count if self.reused_from is not None else 0
 
     def chunks(self) -> Iterator[bytes]:
         """The whole document, as dumps() writes it, in pieces."""
         top = dumps(self.head)
         assert top.endswith(_EMPTY_RESULTS)
         opened = False
+        if self.reused_from is not None:
+            handle, items = self.reused_from
+            self._prefix = len(top) - len(_EMPTY_RESULTS) + 2
+            yield top[: -len(_EMPTY_RESULTS)] + b"[\n"
+            handle.seek(items.start)
+            left = items.end - items.start
+            while left > 0:
+                piece = handle.read(min(left, _COPY_BYTES))
+                if not piece:
+                    raise StoreError(f"{items.path} got shorter while it was copied")
+                left -= len(piece)
+                yield piece
+            opened = True
         for chunk in self.results:
+            if not opened:
+                self._prefix = len(top) - len(_EMPTY_RESULTS) + 2
             yield (b",\n" if opened else top[: -len(_EMPTY_RESULTS)] + b"[\n") + chunk
             opened = True
-        yield b"\n  ]\n}\n" if opened else top
+        yield _RESULTS_END if opened else top
+
+    def written_items(self, path: Path, size: int) -> WrittenItems | None:
+        """Where this document's results lie in the file it was written to (None: nowhere).
+
+        Call after the file is complete; None when it has no results, or results
+        outside the plan (which later documents place differently).
+        """
+        seen = self._seen
+        if self.count == 0 or seen.unplanned or seen.count + self.reused != self.count:
+            return None
+        last = self.reused_from[1] if self.reused_from is not None else None
+        stat = os.stat(path)
+        return WrittenItems(
+            path=path,
+            start=self._prefix,
+            end=size - len(_RESULTS_END),
+            count=self.count,
+            last_position=max(seen.last_position, last.last_position if last else -1),
+            last_id=max(seen.last_id, last.last_id if last else -1),
+            revision=self.revision,
+            file_id=(stat.st_ino, stat.st_size, stat.st_mtime_ns),
+        )
 
 
 @contextmanager
 def open_snapshot(
-    store: Store, run_id: str, method: str, *, is_checkpoint: bool, when: datetime
+    store: Store,
+    run_id: str,
+    method: str,
+    *,
+    is_checkpoint: bool,
+    when: datetime,
+    earlier: WrittenItems | None = None,
 ) -> Iterator[SnapshotDocument]:
     """The run/method's document, read in one transaction that lasts while it is consumed.
 
     Counts, checkpoint_info, corpus scores and results come from one snapshot of
     the database (SQLite: one read transaction in WAL; PostgreSQL: REPEATABLE
     READ), so results other workers commit meanwhile are in none or all of them.
+    With earlier (this run and method's last snapshot), its results' bytes are
+    copied when they still hold; the document is the same either way.
     """
-    with store.reader.connect() as conn:
+    with store.reader.connect() as conn, ExitStack() as files:
         if conn.dialect.name != "sqlite":
             conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
-            head = _head(conn, store, run_id, method, is_checkpoint=is_checkpoint, when=when)
+            head, revision = _head(
+                conn, store, run_id, method, is_checkpoint=is_checkpoint, when=when
+            )
             count = head.checkpoint_info.processed_count
-            yield SnapshotDocument(head, count, _result_chunks(conn, run_id, method, count))
+            seen = _Seen()
+            reusable = _reusable(conn, run_id, method, count, revision, earlier)
+            if reusable is not None and earlier is not None:
+                copied: tuple[IO[bytes], WrittenItems] | None = (
+                    files.enter_context(reusable),
+                    earlier,
+                )
+                since = _encoded(_planned_rows(conn, run_id, method, after=earlier), seen)
+                results = _checked(since, seen, count - earlier.count)
+            else:
+                copied, results = None, _result_chunks(conn, run_id, method, count, seen)
+            try:
+                yield SnapshotDocument(head, count, results, revision, copied, seen)
+            finally:
+                # a consumer that stopped early (a full disk) leaves a cursor open: an open
+                # SQLite statement pins its snapshot, and the pooled connection's next write
+                # would fail as "locked"
+                results.close()
+
+
+def _reusable(
+    conn: Connection,
+    run_id: str,
+    method: str,
+    count: int,
+    revision: int,
+    earlier: WrittenItems | None,
+) -> IO[bytes] | None:
+    """The earlier snapshot's file, open, if its results are exactly this document's first ones."""
+    if earlier is None or earlier.revision != revision or earlier.count > count:
+        return None
+    keys = {"run_id": run_id, "method": method, "last_id": earlier.last_id}
+    # nothing up to its last result was added or removed (the revision covers changes in place)
+    up_to = conn.execute(_UP_TO, keys).scalar_one()
+    # and every result since is planned after its last one
+    keys["last_position"] = earlier.last_position
+    after = conn.execute(_COUNT_AFTER, keys).scalar_one()
+    if up_to != earlier.count or earlier.count + after != count:
+        return None
+    try:
+        handle = open(earlier.path, "rb")  # noqa: SIM115 (closed by the caller's ExitStack)
+    except OSError:
+        return None  # pruned or moved: serialised again
+    stat = os.fstat(handle.fileno())
+    if (stat.st_ino, stat.st_size, stat.st_mtime_ns) != earlier.file_id:
+        handle.close()
+        return None
+    return handle
+
+
+def _checked(chunks: Iterator[bytes], seen: _Seen, expected: int) -> Generator[bytes, None, None]:
+    """Chunks of the results after the copied ones; raises if they were not all there."""
+    yield from chunks
+    if seen.count != expected:
+        raise StoreError(
+            f"the results changed during the export ({expected} new counted, {seen.count} "
+            "read); nothing was written, the next checkpoint tries again"
+        )
+
+
+# Built once with bound parameters: building a statement costs more than running it here,
+# and a run exports often.
+_RUN_ID: BindParameter[str] = bindparam("run_id")
+_METHOD: BindParameter[str] = bindparam("method")
+_MINE = and_(RESULT.c.run_id == _RUN_ID, RESULT.c.method == _METHOD)
+_RESULT_OF_PLANNED = and_(
+    RESULT.c.run_id == PLAN.c.run_id,
+    RESULT.c.image_id == PLAN.c.image_id,
+    RESULT.c.method == _METHOD,
+)
+_PROGRESS = select(
+    RUN_METHOD.c.config,
+    RUN_METHOD.c.settings,
+    RUN_METHOD.c.total_planned,
+    RUN_METHOD.c.revision,
+    select(RUN.c.config).where(RUN.c.id == _RUN_ID).scalar_subquery().label("run_config"),
+    select(func.count()).where(_MINE).scalar_subquery().label("count"),
+    select(func.count()).where(_MINE, RESULT.c.status != "ok").scalar_subquery().label("failed"),
+).where(RUN_METHOD.c.run_id == _RUN_ID, RUN_METHOD.c.method == _METHOD)
+_IN_PLAN = (
+    select(func.count())
+    .select_from(PLAN.join(RESULT, _RESULT_OF_PLANNED))
+    .where(PLAN.c.run_id == _RUN_ID, PLAN.c.position < bindparam("total"))
+)
+_UP_TO = select(func.count()).where(_MINE, RESULT.c.id <= bindparam("last_id"))
+_PLANNED_AFTER = and_(
+    PLAN.c.position > bindparam("last_position"), RESULT.c.id > bindparam("last_id")
+)
+_COUNT_AFTER = (
+    select(func.count())
+    .select_from(PLAN.join(RESULT, _RESULT_OF_PLANNED))
+    .where(PLAN.c.run_id == _RUN_ID, _PLANNED_AFTER)
+)
+# driven by the plan's (run_id, position) index: rows come in order, nothing is sorted
+_PLANNED = (
+    select(PLAN.c.position, *_COLUMNS)
+    .select_from(PLAN.join(RESULT, _RESULT_OF_PLANNED))
+    .where(PLAN.c.run_id == _RUN_ID)
+    .order_by(PLAN.c.position)
+)
+_PLANNED_SINCE = _PLANNED.where(_PLANNED_AFTER)
 
 
 def _head(
@@ -106,32 +320,22 @@ def _head(
     *,
     is_checkpoint: bool,
     when: datetime,
-) -> CheckpointFile:
-    progress = conn.execute(
-        select(RUN_METHOD.c.config, RUN_METHOD.c.settings, RUN_METHOD.c.total_planned).where(
-            RUN_METHOD.c.run_id == run_id, RUN_METHOD.c.method == method
-        )
-    ).first()
-    run_config = conn.execute(select(RUN.c.config).where(RUN.c.id == run_id)).scalar()
-    if progress is None or run_config is None:
+) -> tuple[CheckpointFile, int]:
+    """The document without its results, and the method's revision."""
+    keys = {"run_id": run_id, "method": method}
+    progress = conn.execute(_PROGRESS, keys).first()
+    if progress is None or progress.run_config is None:
         raise StoreError(f"run {run_id!r} has no method {method!r} in {store.display}")
-    total = progress.total_planned
-    mine = and_(RESULT.c.run_id == run_id, RESULT.c.method == method)
-    count = conn.execute(select(func.count()).where(mine)).scalar_one()
-    in_plan = conn.execute(
-        select(func.count())
-        .select_from(PLAN.join(RESULT, _result_of(method)))
-        .where(PLAN.c.run_id == run_id, PLAN.c.position < total)
-    ).scalar_one()
+    total, count = progress.total_planned, progress.count
+    in_plan = conn.execute(_IN_PLAN, {**keys, "total": total}).scalar_one()
     corpus = _latest_corpus(conn, run_id, method)
-    if corpus is not None:
-        # only scores of exactly these results: older ones would describe another set
-        failed = conn.execute(
-            select(func.count()).where(mine, RESULT.c.status != "ok")
-        ).scalar_one()
-        if corpus.n_samples != count - failed:
-            corpus = None
-    return CheckpointFile(
+    # only scores of exactly these results: older ones would describe another set
+    if corpus is not None and corpus.n_samples != count - progress.failed:
+        corpus = None
+    run_config = progress.run_config
+    if isinstance(run_config, str | bytes):  # a scalar subquery's JSON comes back as text
+        run_config = loads_exact(run_config)
+    document = CheckpointFile(
         meta=CheckpointMeta(
             timestamp=when.isoformat(timespec="seconds"),
             config={**run_config, "method": progress.config, SETTINGS_KEY: progress.settings},
@@ -148,6 +352,7 @@ def _head(
         corpus_metrics=corpus,
         results=[],
     )
+    return document, progress.revision
 
 
 def _latest_corpus(conn: Connection, run_id: str, method: str) -> CorpusMetrics | None:
@@ -158,17 +363,27 @@ def _latest_corpus(conn: Connection, run_id: str, method: str) -> CorpusMetrics 
     return CorpusMetrics(n_samples=newest.n_samples, scope=newest.scope, scores=newest.scores)
 
 
-def _result_chunks(conn: Connection, run_id: str, method: str, expected: int) -> Iterator[bytes]:
+def _planned_rows(
+    conn: Connection, run_id: str, method: str, *, after: WrittenItems | None = None
+) -> Generator[Any, None, None]:
+    """The planned samples' results in plan order (after an earlier snapshot's last ones)."""
+    keys: dict[str, Any] = {"run_id": run_id, "method": method}
+    query = _PLANNED
+    if after is not None:
+        query = _PLANNED_SINCE
+        keys |= {"last_position": after.last_position, "last_id": after.last_id}
+    rows = conn.execute(query, keys, execution_options={"yield_per": CHUNK_ROWS})
+    try:
+        yield from _ties_by_id(rows)
+    finally:
+        rows.close()
+
+
+def _result_chunks(
+    conn: Connection, run_id: str, method: str, expected: int, seen: _Seen
+) -> Generator[bytes, None, None]:
     """The results in plan order (Store.results' order), serialised CHUNK_ROWS at a time."""
-    # driven by the plan's (run_id, position) index: rows come in order, nothing is sorted
-    planned = (
-        select(PLAN.c.position, *_COLUMNS)
-        .select_from(PLAN.join(RESULT, _result_of(method)))
-        .where(PLAN.c.run_id == run_id)
-        .order_by(PLAN.c.position)
-    )
-    rows = conn.execute(planned, execution_options={"yield_per": CHUNK_ROWS})
-    streamed = yield from _encoded(_ties_by_id(rows))
+    streamed = yield from _encoded(_planned_rows(conn, run_id, method), seen)
     if streamed < expected:
         # results whose sample is not in the plan: after the planned ones, by id
         unplanned = (
@@ -181,22 +396,18 @@ def _result_chunks(conn: Connection, run_id: str, method: str, expected: int) ->
             .order_by(RESULT.c.id)
         )
         rows = conn.execute(unplanned, execution_options={"yield_per": CHUNK_ROWS})
-        streamed += yield from _encoded(iter(rows))
+        before = seen.count
+        try:
+            streamed += yield from _encoded(iter(rows), seen)
+        finally:
+            rows.close()
+        seen.unplanned = seen.count > before
     if streamed != expected:
         # one snapshot cannot disagree with itself: a database without snapshot reads
         raise StoreError(
             f"the results of {method} changed during the export ({expected} counted, "
             f"{streamed} read); nothing was written, the next checkpoint tries again"
         )
-
-
-def _result_of(method: str) -> Any:
-    """Join condition: a planned sample's result of this method."""
-    return and_(
-        RESULT.c.run_id == PLAN.c.run_id,
-        RESULT.c.image_id == PLAN.c.image_id,
-        RESULT.c.method == method,
-    )
 
 
 def _ties_by_id(rows: Iterable[Any]) -> Iterator[Any]:
@@ -215,8 +426,16 @@ def _ties_by_id(rows: Iterable[Any]) -> Iterator[Any]:
     yield from group if len(group) <= 1 else sorted(group, key=lambda r: r[1])
 
 
-def _encoded(rows: Iterator[Any]) -> Generator[bytes, None, int]:
-    """Rows serialised CHUNK_ROWS at a time; returns how many there were."""
+def _encoded(rows: Iterator[Any], seen: _Seen) -> Generator[bytes, None, int]:
+    """Rows serialised CHUNK_ROWS at a time, noted in seen; returns how many there were."""
+    try:
+        return (yield from _encoded_rows(rows, seen))
+    finally:
+        if isinstance(rows, Generator):
+            rows.close()  # its cursor, at once (not when collected)
+
+
+def _encoded_rows(rows: Iterator[Any], seen: _Seen) -> Generator[bytes, None, int]:
     count = 0
     while True:
         with _gc_paused():
@@ -225,6 +444,10 @@ def _encoded(rows: Iterator[Any]) -> Generator[bytes, None, int]:
                 return count
             data = encode_results([_record(row) for row in chunk])
         count += len(chunk)
+        seen.count += len(chunk)
+        if chunk[-1][0] is not None:  # planned rows come by position
+            seen.last_position = max(seen.last_position, chunk[-1][0])
+        seen.last_id = max(seen.last_id, max(row[1] for row in chunk))
         yield data
 
 

@@ -40,7 +40,7 @@ from cobra_eval.store.repository import (
 )
 from cobra_eval.store.result_writer import CommitItem, write_results
 from cobra_eval.store.scores import record_corpus_metrics
-from cobra_eval.store.snapshot_stream import open_snapshot
+from cobra_eval.store.snapshot_stream import WrittenItems, open_snapshot
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,10 @@ class ExportedFile:
     count: int
     size: int
     sha256: str
+    #: where its results lie, for the next checkpoint to copy (None: not reusable)
+    items: WrittenItems | None = None
+    #: results copied from the earlier snapshot rather than serialised
+    reused: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ def export_snapshot(
     is_checkpoint: bool,
     when: datetime | None = None,
     keep: int = DEFAULT_KEEP,
+    earlier: WrittenItems | None = None,
 ) -> ExportedFile:
     """Write a checkpoint (numbered + latest) or the final results file atomically; record it.
 
@@ -80,10 +85,14 @@ def export_snapshot(
     file (hashed as it is written), fsynced and renamed; ``latest`` becomes a hard
     link to the numbered file (a copy where links are not supported). Then the
     method's numbered snapshots beyond the newest keep are deleted (0 keeps all).
+    earlier (the ``items`` of this method's previous export) lets the results
+    it holds be copied instead of serialised again, when they are unchanged.
     """
     when = when or datetime.now()
     folder = method_dir(output_dir, run_id, method)
-    with open_snapshot(store, run_id, method, is_checkpoint=is_checkpoint, when=when) as snapshot:
+    with open_snapshot(
+        store, run_id, method, is_checkpoint=is_checkpoint, when=when, earlier=earlier
+    ) as snapshot:
         count = snapshot.count
         name = checkpoint_name(method, count, when) if is_checkpoint else final_name(method)
         path = folder / name
@@ -92,6 +101,7 @@ def export_snapshot(
             size, digest = write_stream_atomic(
                 path, snapshot.chunks(), sync_folder=not is_checkpoint
             )
+            items = snapshot.written_items(path, size)
             if is_checkpoint:
                 link_atomic(path, folder / latest_name(method))
         except OSError as exc:
@@ -113,7 +123,9 @@ def export_snapshot(
     )
     if is_checkpoint:
         prune_snapshots(folder, method, keep, current=path)
-    return ExportedFile(path=path, count=count, size=size, sha256=digest)
+    return ExportedFile(
+        path=path, count=count, size=size, sha256=digest, items=items, reused=snapshot.reused
+    )
 
 
 def prepare_method_folder(output_dir: Path, run_id: str, method: str) -> list[Path]:
