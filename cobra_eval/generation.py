@@ -10,7 +10,8 @@ baseline and scratchpad generations of the same images.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,24 +38,38 @@ class CachedGenerator:
     ):
         self.backend, self.store, self.enabled = backend, store, enabled
         self.model_key = canonical_json(model_identity)
+        #: image digests by path, hashed by the batch that needs them or ahead of it (warm)
         self._image_hashes: dict[Path, str] = {}
+        self._lock = threading.Lock()
         self._params: tuple[GenerationParams, str] | None = None
         self.generated = 0
         self.hits = 0
 
     def key(self, request: GenerationRequest, params: GenerationParams) -> str | None:
         """The cache key of a request, or None when its image cannot be read (it will fail)."""
-        digest = self._image_hashes.get(request.image_path)
+        digest = self._image_hashes.get(request.image_path) or self._hash_image(request.image_path)
         if digest is None:
-            try:
-                digest = hashlib.sha256(request.image_path.read_bytes()).hexdigest()
-            except OSError:
-                return None
-            self._image_hashes[request.image_path] = digest
-            if len(self._image_hashes) > 4096:  # a run streams images: keep memory flat
-                self._image_hashes.pop(next(iter(self._image_hashes)))
+            return None
         material = [self.model_key, request.prompt, digest, self._params_key(params)]
         return hashlib.sha256("\0".join(material).encode("utf-8")).hexdigest()
+
+    def warm(self, images: Iterable[Path]) -> None:
+        """Hash these images ahead (from another thread), so the batch that needs them does not."""
+        if self.enabled:
+            for path in images:
+                if path not in self._image_hashes:
+                    self._hash_image(path)
+
+    def _hash_image(self, path: Path) -> str | None:
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            return None
+        with self._lock:
+            self._image_hashes[path] = digest
+            if len(self._image_hashes) > 4096:  # a run streams images: keep memory flat
+                self._image_hashes.pop(next(iter(self._image_hashes)))
+        return digest
 
     def _params_key(self, params: GenerationParams) -> str:
         """The parameters' canonical JSON, made once while they stay the same."""

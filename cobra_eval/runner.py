@@ -303,7 +303,12 @@ class _MethodLoop:
                     heartbeat.hold(previous + claimed + queued)
                     batch = [self.samples[i] for i in claimed]
                     generated = self._generate(batch)
-                    finisher.submit(functools.partial(self._finish, batch, generated, summary))
+                    # the images of the batches after the next are hashed (for their cache keys)
+                    # in the background: the next one starts generating right away
+                    upcoming = [self.samples[i].image_path for i in queued[len(claimed) :]]
+                    finisher.submit(
+                        functools.partial(self._finish, batch, generated, summary, upcoming)
+                    )
                     previous = claimed
                 finisher.wait()
                 heartbeat.hold([])
@@ -353,7 +358,11 @@ class _MethodLoop:
         return summary
 
     def _finish(
-        self, batch: Sequence[Sample], generated: _Generated, summary: MethodSummary
+        self,
+        batch: Sequence[Sample],
+        generated: _Generated,
+        summary: MethodSummary,
+        upcoming: Sequence[Path] = (),
     ) -> None:
         """Score a generated batch and commit it; export the checkpoints its samples reach.
 
@@ -378,6 +387,7 @@ class _MethodLoop:
             exported = self._checkpoint_if_due(self.processed)
             if exported is not None:
                 summary.checkpoints.append(exported.path)
+        self.generator.warm(upcoming)
 
     def _committed(self, item: CommitItem, inserted: bool, summary: MethodSummary) -> None:
         result = item.result

@@ -29,11 +29,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from cobra_eval.store.engine import process_alive, user_at_host
 from cobra_eval.store.models import ExportLease, SampleClaim, utcnow
-from cobra_eval.store.repository import PLAN, RESULT, Store
+from cobra_eval.store.repository import PLAN, RESULT, Store, upsert
 
 CLAIM = SampleClaim.__table__  # type: ignore[attr-defined]
 LEASE = ExportLease.__table__  # type: ignore[attr-defined]
@@ -45,11 +44,6 @@ class OthersWork:
 
     count: int
     until: datetime | None
-
-
-def _upsert(conn: Connection, table: Any) -> Any:
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    return insert(table)
 
 
 @dataclass
@@ -149,7 +143,7 @@ _LOCAL_HOLDERS = (
 
 
 def _claim_statement(conn: Connection) -> Any:
-    stmt = _upsert(conn, CLAIM)
+    stmt = upsert(conn, CLAIM)
     new = stmt.excluded
     return stmt.on_conflict_do_update(
         index_elements=[CLAIM.c.run_id, CLAIM.c.method, CLAIM.c.image_id],
@@ -249,7 +243,7 @@ _LEASE_RELEASE = delete(LEASE).where(_LEASE_KEY, LEASE.c.worker == bindparam("wo
 
 def _lease_statement(conn: Connection) -> Any:
     """Take the lease if it is free, expired or already ours; RETURNING says whether it was."""
-    stmt = _upsert(conn, LEASE)
+    stmt = upsert(conn, LEASE)
     new = stmt.excluded
     return stmt.on_conflict_do_update(
         index_elements=[LEASE.c.run_id, LEASE.c.method],

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, case, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from cobra_eval import __version__
@@ -68,7 +69,16 @@ _LAST_CHECKPOINT = select(func.coalesce(func.max(CHECKPOINT.c.count), 0)).where(
 _CACHED = select(CACHE.c.key, CACHE.c.output).where(
     CACHE.c.key.in_(bindparam("keys", expanding=True))
 )
-_CACHED_KEYS = select(CACHE.c.key).where(CACHE.c.key.in_(bindparam("keys", expanding=True)))
+
+
+def upsert(conn: Connection, table: Any) -> Any:
+    """INSERT for this connection's dialect, with its ON CONFLICT clauses (SQLite, PostgreSQL)."""
+    insert_of = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    return insert_of(table)
+
+
+#: INSERT ... ON CONFLICT DO NOTHING into the generation cache, per dialect (built on first use)
+_CACHE_INSERT: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -502,18 +512,16 @@ class Store:
         if not outputs:
             return
         now = utcnow()
-        try:
-            with self.engine.begin() as conn:
-                present = set(conn.execute(_CACHED_KEYS, {"keys": sorted(outputs)}).scalars())
-                rows = [
-                    {"key": key, "output": text, "created_at": now}
-                    for key, text in outputs.items()
-                    if key not in present
-                ]
-                if rows:
-                    conn.execute(insert(CACHE), rows)
-        except IntegrityError:
-            pass  # another worker cached the same generation first: the cache is complete
+        rows = [{"key": key, "output": text, "created_at": now} for key, text in outputs.items()]
+        with self.engine.begin() as conn:
+            dialect = conn.dialect.name
+            statement = _CACHE_INSERT.get(dialect)
+            if statement is None:
+                # a key another worker cached first keeps its output: the cache is complete
+                statement = _CACHE_INSERT[dialect] = upsert(conn, CACHE).on_conflict_do_nothing(
+                    index_elements=[CACHE.c.key]
+                )
+            conn.execute(statement, rows)
 
     def record_checkpoint(
         self,
