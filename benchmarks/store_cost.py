@@ -10,7 +10,9 @@
    the `latest` link) at each size, the growth with N, and the resident memory
    one export adds to a fresh process (peak RSS above the RSS before it, Linux).
    Each timed export and import starts after os.sync(): its fsync must not pay
-   for writing back the megabytes the benchmark's setup left dirty.
+   for writing back the megabytes the benchmark's setup left dirty. Then the
+   export a run makes: of n results, just after its own export of n - 10 (that
+   file's results are copied, the 10 new ones serialised).
 4. Importing a 10,000-result checkpoint as --load_results does (read, validate,
    insert in one transaction) into a fresh database.
 """
@@ -108,24 +110,49 @@ def planning_cost(folder: Path, planned: int, repeats: int) -> tuple[list[float]
     return pending_ms, claim_ms
 
 
-def filled_store(path: Path, n: int) -> Store:
-    """A run with n stored results of the benchmark record (bulk-inserted)."""
+def filled_store(path: Path, n: int, stored: int | None = None) -> Store:
+    """A run of n planned samples, the first `stored` (all) with results (bulk-inserted)."""
     store = Store.open(resolve_url(str(path)))
     store.create_run("r", CONFIG, "f")
     store.ensure_plan("r", list(range(n)))
     store.ensure_method("r", "baseline", config={"name": "baseline"}, fingerprint="m",
                         settings={}, total=n)  # fmt: skip
+    add_results(store, range(n if stored is None else stored))
+    return store
+
+
+def add_results(store: Store, ids: range) -> None:
     now = utcnow()
     one = record(0)
-    for start in range(0, n, 10_000):
+    for start in range(ids.start, ids.stop, 10_000):
+        chunk = range(start, min(ids.stop, start + 10_000))
         rows = [{"run_id": "r", "method": "baseline", "image_id": i, "status": "ok",
                  "reference_captions": one.reference_captions,
                  "generated_caption": one.generated_caption, "reasoning_trace": "",
                  "metadata": one.metadata, "metrics": one.metrics, "worker": "bench:1",
-                 "created_at": now} for i in range(start, min(n, start + 10_000))]  # fmt: skip
+                 "created_at": now} for i in chunk]  # fmt: skip
         with store.engine.begin() as conn:
             conn.execute(insert(RESULT), rows)
-    return store
+
+
+def next_checkpoint_cost(folder: Path, n: int, repeats: int, step: int = 10) -> list[float]:
+    """A run's case: exports of n results, each after one of n - step written by this process.
+
+    The earlier file's results are copied, the `step` new ones serialised.
+    """
+    with filled_store(folder / f"next{n}.db", n, n - step * repeats) as store:
+        out = folder / f"next{n}"
+        earlier = export_snapshot(store, out, "r", "baseline", is_checkpoint=True).items
+        times = []
+        for k in range(repeats, 0, -1):
+            add_results(store, range(n - step * k, n - step * (k - 1)))
+            os.sync()
+            started = time.perf_counter()
+            done = export_snapshot(store, out, "r", "baseline", is_checkpoint=True, earlier=earlier)
+            times.append((time.perf_counter() - started) * 1000)
+            assert done.reused == n - step * k and done.count == n - step * (k - 1)
+            earlier = done.items
+    return times
 
 
 def rss_kib(field: str) -> int | None:
@@ -204,6 +231,7 @@ def main() -> None:
         for n in sizes:
             # the largest size fewer times: each export of 100k is a whole-run copy
             exports[n] = export_cost(folder, n, args.repeats if n <= 10_000 else 3)
+        following = {n: next_checkpoint_cost(folder, n, args.repeats) for n in sizes}
         with filled_store(folder / "source.db", args.import_size) as store:
             source = export_snapshot(store, folder / "src", "r", "baseline", is_checkpoint=True)
         imports = import_cost(folder, source.path, args.repeats)
@@ -229,6 +257,9 @@ def main() -> None:
         print(f"checkpoint export of {n} results: {show(times)}, "
               f"{median * 1000 / n:.1f} us/result{growth}{memory}")  # fmt: skip
         previous = (n, median)
+    for n, times in following.items():
+        print(f"checkpoint export of {n} results after one of {n - 10} (as a run exports: "
+              f"the earlier file's results copied, 10 serialised): {show(times)}")  # fmt: skip
     print(f"import of a {args.import_size}-result checkpoint (read, validate, insert): "
           f"{show(imports)}")  # fmt: skip
 

@@ -394,6 +394,10 @@ def test_a_checkpoint_copies_the_results_of_the_one_before_only_while_they_hold(
             handle.seek(earlier.start + 3)
             handle.write(b"X")
         export(reused=0)
+        commit_ids(store, [32])
+        export(reused=27)
+        store.ensure_plan("r", [2, 1, *range(3, 41)])  # two samples change places in the plan
+        export(reused=0)
         with store.engine.begin() as conn:  # a result outside the plan: placed after the rest
             unplanned = ResultRecord(image_id=999, reference_captions=[], generated_caption="u")
             write_result(conn, "r", "baseline", unplanned, worker="w:2", latency_s=None)

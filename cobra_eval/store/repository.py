@@ -354,6 +354,8 @@ class Store:
                     .values(position=bindparam("b_pos")),
                     moves,
                 )
+                # results change places in the exports: no earlier snapshot's bytes hold
+                result_writer.bump_revision(conn, run_id)
             new = [
                 {"run_id": run_id, "position": pos, "image_id": image_id}
                 for pos, image_id in enumerate(ordered_ids)
