@@ -347,11 +347,7 @@ class _MethodLoop:
 
         final = self._exclusive_export(finish, wait=True)
         summary.final_file = final.path if final is not None else None
-        for result in self.store.results(self.run_id, name):
-            status = str(result.metadata.get("parse_status", "ok"))
-            if result.status == "ok" and status != "ok":
-                summary.parse_empty += status == "empty"
-                summary.parse_fallbacks += status != "empty"
+        summary.parse_fallbacks, summary.parse_empty = self.store.parse_counts(self.run_id, name)
         if processed >= self.total:
             self.store.set_method_status(self.run_id, name, "finished")
             clear_claims(self.store, self.run_id, name)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from cobra_eval.store.checkpoint_io import ResultRecord
 from tests.conftest import World, run_cli_process
+from tests.test_snapshot_export import new_run, open_store
 
 pytestmark = pytest.mark.databases
 
@@ -124,3 +126,25 @@ def test_bad_prompts_files_are_clear_errors(world: World, cli, tmp_path: Path) -
         assert result.exit_code == 1, text
         assert message in result.output, (text, result.output)
     assert not world.db_exists()
+
+
+PARSE_LINE = re.compile(r"^  (\S+): .*; parse fallbacks (\d+), empty (\d+) \(", re.M)
+
+
+def test_the_summary_counts_parse_fallbacks_and_empty_captions(world: World, cli) -> None:
+    done = cli(*world.run_args("--num_samples", "4", "--method", "llava_cot"))
+    assert done.exit_code == 0, done.output
+    # the stand-in answers without LLaVA-CoT's tags: each caption is a fallback
+    counts = {m[1]: (int(m[2]), int(m[3])) for m in PARSE_LINE.finditer(done.output)}
+    assert counts == {"llava_cot": (4, 0)}
+    with open_store(world) as store:
+        new_run(store, [1, 2, 3, 4, 5], total=5, method="scratchpad")
+        statuses = ["ok", "empty", "fallback:no_marker", "fallback:no_refine", "empty"]
+        for image_id, status in enumerate(statuses, 1):
+            failed = {"status": "failed", "error": "x"} if image_id == 5 else {}
+            result = ResultRecord(image_id=image_id, reference_captions=["r"],
+                                  generated_caption="c" if status != "empty" else "",
+                                  metadata={"parse_status": status, **failed})  # fmt: skip
+            assert store.commit_result("r", "scratchpad", result, worker="w:1", latency_s=None)
+        # a failed sample's status is not a parse outcome
+        assert store.parse_counts("r", "scratchpad") == (2, 1)

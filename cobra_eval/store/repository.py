@@ -410,6 +410,17 @@ class Store:
         with self.reader.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
+    def parse_counts(self, run_id: str, method: str) -> tuple[int, int]:
+        """Successful results whose caption needed a parse fallback, and those left empty."""
+        status = func.coalesce(RESULT.c.metadata["parse_status"].as_string(), "ok")
+        query = select(
+            func.coalesce(func.sum(case((status.not_in(["ok", "empty"]), 1), else_=0)), 0),
+            func.coalesce(func.sum(case((status == "empty", 1), else_=0)), 0),
+        ).where(RESULT.c.run_id == run_id, RESULT.c.method == method, RESULT.c.status == "ok")
+        with self.reader.connect() as conn:
+            fallbacks, empty = conn.execute(query).one()
+        return int(fallbacks), int(empty)
+
     def failed_ids(self, run_id: str, method: str) -> set[int]:
         """Image ids whose stored result is a failure (retried on resume)."""
         query = select(RESULT.c.image_id).where(
