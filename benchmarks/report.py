@@ -36,17 +36,24 @@ NOTES = """\
 ## Reading the targets
 
 - **Tool overhead** compares a run with `--metrics none` to the bare generation
-  loop on the same loaded model. The demo model writes a caption in about 3 ms at
-  batch 16 on these CPUs, so a few milliseconds per batch of claims, cache
-  lookups and writes on the main thread, and the GIL shared with the thread that
-  commits and exports the previous batch, are tens of percent here. These are
-  per-batch costs: a model that takes longer per caption dilutes them (not
-  measured here: no GPU was lent).
-- **All metrics vs none** includes METEOR: its JVM loads paraphrase tables for
-  about five seconds of wall time (more CPU time) and aligns each caption, on the
-  same two cores that the CPU-bound demo model runs on; a 1,000-sample demo run
-  has only a few seconds of generation to hide that behind. The Java-free row
-  shows the overlap without METEOR (tokenization still runs in a JVM).
+  loop on the same loaded model, as the median of 5 pairs (a run and the bare
+  loop just before it: this shared machine's speed drifts by more than the
+  overhead, and pairs range over 10-35%). The demo model writes a caption in
+  about 3 ms at batch 16, on both cores (torch with 2 threads is 1.3x faster than
+  with 1), so the tool's work costs generation time wherever it runs: about 0.2 s
+  per 1,000 samples on the main thread (claims, cache lookups and writes) and
+  about 0.35 CPU-s in the thread that commits and exports the previous batch.
+  These are per-batch costs: a model that takes longer per caption dilutes them
+  (not measured here: no GPU was lent).
+- **All metrics vs none** includes METEOR: its JVM takes about 7 CPU-seconds to
+  start (most of it loading its 62 MB paraphrase table), then aligns each
+  caption, on the same two cores that the CPU-bound demo model runs on. A
+  1,000-sample demo run takes about 10 s in all, so 1.15x leaves about 1.5 s
+  for METEOR. The Java-free row shows the overlap without METEOR (tokenization
+  still runs in a JVM).
+- **Checkpoint exports as a run makes them** copy the previous checkpoint's
+  results and serialise only the new ones (store_cost's "after one of" lines):
+  what grows with N is a file copy and its hash, not serialisation.
 - **Memory of a 100,000-sample run** is the peak resident memory above the
   process's before the run, with an instant in-process backend: the dataset's
   samples and references (which scoring needs, tokenized a batch at a time) and
@@ -96,9 +103,6 @@ TARGETS = [
            rf"checkpoint export of 10000 results: {SPREAD}", "<= 200 ms", lambda x: x <= 200),
     Target("checkpoint export of 100,000 results (growth: linear or better)", "store_cost",
            rf"checkpoint export of 100000 results: {SPREAD}", "linear", lambda x: x <= 2000),
-    Target("checkpoint export of 100,000 results as a run makes it (after its export of 99,990)",
-           "store_cost", rf"export of 100000 results after one of 99990 .*?: {SPREAD}",
-           "(<= 200 ms)", lambda x: x <= 200),
     Target("resume planning, 100,000 planned / 99,000 done (pending ids)", "store_cost",
            rf"100000 planned / \d+ done: pending ids {SPREAD}", "<= 100 ms", lambda x: x <= 100),
     Target("importing a 10,000-result checkpoint", "store_cost",
