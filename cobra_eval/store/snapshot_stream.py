@@ -139,11 +139,12 @@ class SnapshotDocument:
         """The whole document, as dumps() writes it, in pieces."""
         top = dumps(self.head)
         assert top.endswith(_EMPTY_RESULTS)
+        opening = top[: -len(_EMPTY_RESULTS)] + b"[\n"
+        self._prefix = len(opening)
         opened = False
         if self.reused_from is not None:
             handle, items = self.reused_from
-            self._prefix = len(top) - len(_EMPTY_RESULTS) + 2
-            yield top[: -len(_EMPTY_RESULTS)] + b"[\n"
+            yield opening
             handle.seek(items.start)
             left = items.end - items.start
             while left > 0:
@@ -154,9 +155,7 @@ class SnapshotDocument:
                 yield piece
             opened = True
         for chunk in self.results:
-            if not opened:
-                self._prefix = len(top) - len(_EMPTY_RESULTS) + 2
-            yield (b",\n" if opened else top[: -len(_EMPTY_RESULTS)] + b"[\n") + chunk
+            yield (b",\n" if opened else opening) + chunk
             opened = True
         yield _RESULTS_END if opened else top
 
@@ -217,7 +216,7 @@ def open_snapshot(
                     earlier,
                 )
                 since = _encoded(_planned_rows(conn, run_id, method, after=earlier), seen)
-                results = _checked(since, seen, count - earlier.count)
+                results = _checked(since, seen, count - earlier.count, method)
             else:
                 copied, results = None, _result_chunks(conn, run_id, method, count, seen)
             try:
@@ -259,14 +258,21 @@ def _reusable(
     return handle
 
 
-def _checked(chunks: Iterator[bytes], seen: _Seen, expected: int) -> Generator[bytes, None, None]:
+def _checked(
+    chunks: Iterator[bytes], seen: _Seen, expected: int, method: str
+) -> Generator[bytes, None, None]:
     """Chunks of the results after the copied ones; raises if they were not all there."""
     yield from chunks
     if seen.count != expected:
-        raise StoreError(
-            f"the results changed during the export ({expected} new counted, {seen.count} "
-            "read); nothing was written, the next checkpoint tries again"
-        )
+        raise _changed_during_export(method, expected, seen.count)
+
+
+def _changed_during_export(method: str, counted: int, read: int) -> StoreError:
+    # one snapshot cannot disagree with itself: a database without snapshot reads
+    return StoreError(
+        f"the results of {method} changed during the export ({counted} counted, {read} "
+        "read); nothing was written, the next checkpoint tries again"
+    )
 
 
 # Built once with bound parameters: building a statement costs more than running it here,
@@ -403,11 +409,7 @@ def _result_chunks(
             rows.close()
         seen.unplanned = seen.count > before
     if streamed != expected:
-        # one snapshot cannot disagree with itself: a database without snapshot reads
-        raise StoreError(
-            f"the results of {method} changed during the export ({expected} counted, "
-            f"{streamed} read); nothing was written, the next checkpoint tries again"
-        )
+        raise _changed_during_export(method, expected, streamed)
 
 
 def _ties_by_id(rows: Iterable[Any]) -> Iterator[Any]:
@@ -428,27 +430,23 @@ def _ties_by_id(rows: Iterable[Any]) -> Iterator[Any]:
 
 def _encoded(rows: Iterator[Any], seen: _Seen) -> Generator[bytes, None, int]:
     """Rows serialised CHUNK_ROWS at a time, noted in seen; returns how many there were."""
+    count = 0
     try:
-        return (yield from _encoded_rows(rows, seen))
+        while True:
+            with _gc_paused():
+                chunk = list(itertools.islice(rows, CHUNK_ROWS))
+                if not chunk:
+                    return count
+                data = encode_results([_record(row) for row in chunk])
+            count += len(chunk)
+            seen.count += len(chunk)
+            if chunk[-1][0] is not None:  # planned rows come by position
+                seen.last_position = max(seen.last_position, chunk[-1][0])
+            seen.last_id = max(seen.last_id, max(row[1] for row in chunk))
+            yield data
     finally:
         if isinstance(rows, Generator):
             rows.close()  # its cursor, at once (not when collected)
-
-
-def _encoded_rows(rows: Iterator[Any], seen: _Seen) -> Generator[bytes, None, int]:
-    count = 0
-    while True:
-        with _gc_paused():
-            chunk = list(itertools.islice(rows, CHUNK_ROWS))
-            if not chunk:
-                return count
-            data = encode_results([_record(row) for row in chunk])
-        count += len(chunk)
-        seen.count += len(chunk)
-        if chunk[-1][0] is not None:  # planned rows come by position
-            seen.last_position = max(seen.last_position, chunk[-1][0])
-        seen.last_id = max(seen.last_id, max(row[1] for row in chunk))
-        yield data
 
 
 @contextmanager
