@@ -1,29 +1,37 @@
 """What a run adds to the model's own time, on the bundled demo model at batch 16.
 
-    python -m benchmarks.run_overhead [--samples 1000] [--repeats 3]
+    python -m benchmarks.run_overhead [--samples 1000] [--repeats 5]
 
-1. Tool overhead. The same loaded backend first generates the samples in a bare
-   loop (batches of 16, baseline prompt: the model's time and nothing else), then
-   runs them through ``run_evaluation`` with ``--metrics none`` (fresh database
-   and folder, checkpoint every 10, generation cache on, as by default).
-   Overhead = run time / bare generation time - 1: store, claims, cache,
-   checkpoint exports, everything but generation. "Loop" times the run from its
-   first generation to its last commit (what grows with N); "whole" adds opening
-   the database, planning and the final results file. Each repeat pairs a bare
-   loop with the run right after it, and the figure is the median of the pairs'
-   overheads: on a shared machine whose speed drifts by more than the overhead,
-   only neighbours compare.
-2. Scoring overlapped with generation: wall time of whole demo runs as a user
+1. Tool overhead. The same loaded backend generates the samples in a bare loop
+   (batches of 16, baseline prompt: the model's time and nothing else), and runs
+   them through ``run_evaluation`` with ``--metrics none`` (fresh database and
+   folder, checkpoint every 10, generation cache on, as by default). Each repeat
+   is bare, run, run, bare (ABBA: a drift in this shared machine's speed, which
+   is larger than the overhead, cancels to first order), after an ``os.sync()``
+   so that earlier benchmarks' writes are not flushed inside this one's fsyncs.
+   Overhead = the two runs / the two bare loops - 1; the figure is the median of
+   the repeats. "Loop" times a run from its first generation to its last commit
+   (what grows with N); "whole" adds opening the database, planning and the final
+   results file.
+2. Why it is what it is, without the noise: the CPU time of the same run with an
+   instant in-process backend (the tool's work alone), and how much a second
+   process that keeps 15% of one core busy slows the bare loop (ABBA again): the
+   demo model runs on both cores, so the tool's CPU comes out of generation.
+3. Scoring overlapped with generation: wall time of whole demo runs as a user
    starts them (``python -m cobra_eval ... --batch_size 16``, a new process each,
    model loading included) with every metric (BLEU, METEOR, ROUGE-L, CIDEr-D;
    SPICE is unavailable offline) and with the Java-free ones (BLEU, ROUGE-L,
    CIDEr-D; tokenization still runs in a JVM), each as the median of its ratio
-   to the same repeat's ``--metrics none`` run.
+   to the same repeat's ``--metrics none`` run; with the CPU time each run used
+   (its process and its JVMs). On 2 cores a run cannot take less wall time than
+   half its CPU time, which bounds the ratio from below.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -31,7 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from cobra_eval.backends import BackendOptions, GenerationRequest, create_backend
+from benchmarks.run_memory import InstantBackend
+from cobra_eval.backends import Backend, BackendOptions, GenerationRequest, create_backend
 from cobra_eval.config import GenerationParams, RunSettings
 from cobra_eval.datasets import load_dataset, select_samples
 from cobra_eval.demo import DEMO_MODEL_DIR
@@ -41,6 +50,16 @@ from cobra_eval.progress import SilentReporter
 from cobra_eval.runner import run_evaluation
 
 BATCH = 16
+#: The share of one core the second process keeps busy in the contention measurement.
+BUSY_SHARE = 0.15
+# busy for 2 ms in every 2 ms / share, until killed
+_BUSY_LOOP = (
+    "import time\n"
+    "while True:\n"
+    "    t = time.perf_counter()\n"
+    "    while time.perf_counter() - t < 0.002: pass\n"
+    f"    time.sleep({0.002 / BUSY_SHARE - 0.002})\n"
+)
 
 
 class LoopClock(SilentReporter):
@@ -57,7 +76,7 @@ class LoopClock(SilentReporter):
         self.last = time.perf_counter()
 
 
-def bare_generation(backend, n: int) -> float:
+def bare_generation(backend: Backend, n: int) -> float:
     samples = select_samples(load_dataset("demo"), n).samples
     requests = [GenerationRequest(image_path=s.image_path, prompt=PROMPT) for s in samples]
     params = GenerationParams()
@@ -67,7 +86,8 @@ def bare_generation(backend, n: int) -> float:
     return time.perf_counter() - started
 
 
-def one_run(backend, n: int, folder: Path) -> tuple[float, float]:
+def one_run(backend: Backend, n: int, folder: Path) -> tuple[float, float]:
+    """(whole, loop) wall seconds of a --metrics none run of n samples."""
     settings = RunSettings(
         method="baseline",
         num_samples=n,
@@ -82,17 +102,39 @@ def one_run(backend, n: int, folder: Path) -> tuple[float, float]:
     return time.perf_counter() - started, clock.last - clock.started
 
 
-def cli_run(n: int, metrics: str, folder: Path) -> float:
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def busy_generation(backend: Backend, n: int) -> float:
+    """The bare loop while another process keeps BUSY_SHARE of one core busy."""
+    busy = subprocess.Popen([sys.executable, "-c", _BUSY_LOOP])
+    try:
+        time.sleep(0.2)  # started
+        return bare_generation(backend, n)
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def cli_run(n: int, metrics: str, folder: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds of a demo run started from the shell; CPU includes its JVMs."""
     command = [sys.executable, "-m", "cobra_eval", "--method", "baseline", "--num_samples",
                str(n), "--batch_size", str(BATCH), "--metrics", metrics, "--output_dir",
                str(folder)]  # fmt: skip
+    cpu = cpu_seconds(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, cpu_seconds(resource.RUSAGE_CHILDREN) - cpu
 
 
 def show(values: list[float], unit: str = "s") -> str:
     return f"{statistics.median(values):.2f} {unit} (min {min(values):.2f}, max {max(values):.2f})"
+
+
+def percents(values: list[float]) -> str:
+    return ", ".join(f"{x:.1f}%" for x in values)
 
 
 def main() -> None:
@@ -100,41 +142,65 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    n = args.samples
 
     backend = create_backend("hf", BackendOptions(model=str(DEMO_MODEL_DIR)))
     bare_generation(backend, BATCH)  # load the weights before timing
-    bare, whole, loop = [], [], []
-    cli: dict[str, list[float]] = {
-        "none": [],
-        "bleu,meteor,rouge,cider": [],
-        "bleu,rouge,cider": [],
-    }
+    bare: list[float] = []
+    whole: list[float] = []
+    loop: list[float] = []
+    pairs, pairs_whole, tool_cpu, busy = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.repeats):
-            bare.append(bare_generation(backend, args.samples))
-            total, inner = one_run(backend, args.samples, Path(tmp) / f"run{k}")
-            whole.append(total)
-            loop.append(inner)
+            os.sync()
+            first = bare_generation(backend, n)
+            runs = [one_run(backend, n, Path(tmp) / f"run{k}{j}") for j in range(2)]
+            last = bare_generation(backend, n)
+            bare += [first, last]
+            whole += [r[0] for r in runs]
+            loop += [r[1] for r in runs]
+            pairs.append((sum(r[1] for r in runs) / (first + last) - 1) * 100)
+            pairs_whole.append((sum(r[0] for r in runs) / (first + last) - 1) * 100)
+        for k in range(args.repeats):
+            before = cpu_seconds()
+            one_run(InstantBackend(), n, Path(tmp) / f"instant{k}")
+            tool_cpu.append(cpu_seconds() - before)
+        for _ in range(max(args.repeats // 2, 1)):
+            alone = bare_generation(backend, n)
+            slowed = busy_generation(backend, n) + busy_generation(backend, n)
+            busy.append((slowed / (alone + bare_generation(backend, n)) - 1) * 100)
+        cli: dict[str, list[tuple[float, float]]] = {
+            "none": [],
+            "bleu,meteor,rouge,cider": [],
+            "bleu,rouge,cider": [],
+        }
+        for k in range(args.repeats):
+            os.sync()
             for metrics, times in cli.items():
-                times.append(
-                    cli_run(args.samples, metrics, Path(tmp) / f"cli{k}{len(times)}{metrics}")
-                )
-    print(f"{args.samples} demo samples at batch {BATCH}, {args.repeats} repeats (median, min-max)")
+                times.append(cli_run(n, metrics, Path(tmp) / f"cli{k}{metrics}"))
+    print(f"{n} demo samples at batch {BATCH}, {args.repeats} repeats (median, min-max)")
     print(f"bare generation: {show(bare)}")
     print(f"run, metrics none, loaded backend: whole {show(whole)}; loop {show(loop)}")
-    pairs = [(run / gen - 1) * 100 for run, gen in zip(loop, bare, strict=True)]
-    pairs_whole = [(run / gen - 1) * 100 for run, gen in zip(whole, bare, strict=True)]
-    print(f"tool overhead of each repeat (loop vs the bare generation before it): "
-          f"{', '.join(f'{x:.1f}%' for x in pairs)}")  # fmt: skip
+    print(f"tool overhead of each repeat (bare, run, run, bare): {percents(pairs)}")
     print(
         f"tool overhead (metrics none vs bare generation): loop "
         f"{statistics.median(pairs):.1f}%, whole {statistics.median(pairs_whole):.1f}%"
     )
-    for metrics, times in cli.items():
+    cpu = statistics.median(tool_cpu)
+    print(f"tool CPU of the same run with an instant backend (no model): {show(tool_cpu)}; "
+          f"{cpu / statistics.median(bare) * 100:.1f}% of the bare generation's time")  # fmt: skip
+    print(f"bare generation slowed by a process busy {BUSY_SHARE:.0%} of one core: "
+          f"{statistics.median(busy):.1f}% ({percents(busy)})")  # fmt: skip
+    none_wall = statistics.median(t[0] for t in cli["none"])
+    cores = os.cpu_count() or 1
+    for metrics, runs in cli.items():
         # each repeat's ratio to the --metrics none run of the same repeat, then the median
-        ratio = statistics.median(t / n for t, n in zip(times, cli["none"], strict=True))
-        print(f"demo run as started from the shell, --metrics {metrics}: {show(times)}; "
-              f"{ratio:.3f}x the --metrics none run")  # fmt: skip
+        ratio = statistics.median(r[0] / none[0] for r, none in zip(runs, cli["none"], strict=True))
+        used = statistics.median(r[1] for r in runs)
+        wall = show([r[0] for r in runs])
+        print(f"demo run as started from the shell, --metrics {metrics}: {wall}; "
+              f"{ratio:.3f}x the --metrics none run; CPU {used:.1f} s (process and JVMs): "
+              f"at least {used / cores / none_wall:.2f}x on {cores} cores")  # fmt: skip
 
 
 if __name__ == "__main__":

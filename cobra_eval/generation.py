@@ -38,6 +38,8 @@ class CachedGenerator:
     ):
         self.backend, self.store, self.enabled = backend, store, enabled
         self.model_key = canonical_json(model_identity)
+        # every key starts with the model identity: hashed once, copied per key
+        self._model_hash = hashlib.sha256(f"{self.model_key}\0".encode())
         #: image digests by path, hashed by the batch that needs them or ahead of it (warm)
         self._image_hashes: dict[Path, str] = {}
         self._lock = threading.Lock()
@@ -50,8 +52,11 @@ class CachedGenerator:
         digest = self._image_hashes.get(request.image_path) or self._hash_image(request.image_path)
         if digest is None:
             return None
-        material = [self.model_key, request.prompt, digest, self._params_key(params)]
-        return hashlib.sha256("\0".join(material).encode("utf-8")).hexdigest()
+        # the same bytes as sha256 of "\0".join([model_key, prompt, digest, params])
+        material = "\0".join([request.prompt, digest, self._params_key(params)])
+        key = self._model_hash.copy()
+        key.update(material.encode("utf-8"))
+        return key.hexdigest()
 
     def warm(self, images: Iterable[Path]) -> None:
         """Hash these images ahead (from another thread), so the batch that needs them does not."""

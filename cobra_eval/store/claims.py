@@ -32,7 +32,7 @@ from sqlalchemy import (
 
 from cobra_eval.store.engine import process_alive, user_at_host
 from cobra_eval.store.models import ExportLease, SampleClaim, utcnow
-from cobra_eval.store.repository import PLAN, RESULT, Store, upsert
+from cobra_eval.store.repository import PLAN, RESULT, Store, Upsert
 
 CLAIM = SampleClaim.__table__  # type: ignore[attr-defined]
 LEASE = ExportLease.__table__  # type: ignore[attr-defined]
@@ -97,7 +97,7 @@ def claim_batch(
         rows = [{"run_id": run_id, "method": method, "image_id": i, "worker": worker,
                  "claimed_at": now, "expires_at": expires} for i in candidates]  # fmt: skip
         # the rows go as parameters, not literal VALUES: the statement compiles once
-        won = set(conn.execute(_claim_statement(conn), rows).scalars())
+        won = set(conn.execute(_CLAIM_TAKE(conn), rows).scalars())
     return [i for i in candidates if i in won]
 
 
@@ -142,8 +142,7 @@ _LOCAL_HOLDERS = (
 )
 
 
-def _claim_statement(conn: Connection) -> Any:
-    stmt = upsert(conn, CLAIM)
+def _claim_conflict(stmt: Any) -> Any:
     new = stmt.excluded
     return stmt.on_conflict_do_update(
         index_elements=[CLAIM.c.run_id, CLAIM.c.method, CLAIM.c.image_id],
@@ -151,6 +150,9 @@ def _claim_statement(conn: Connection) -> Any:
         # another worker's live claim stays: that sample is not ours
         where=or_(CLAIM.c.expires_at <= new.claimed_at, CLAIM.c.worker == new.worker),
     ).returning(CLAIM.c.image_id)
+
+
+_CLAIM_TAKE = Upsert(CLAIM, _claim_conflict)
 
 
 def renew(
@@ -241,9 +243,8 @@ _LEASE_DROP = delete(LEASE).where(_LEASE_KEY)
 _LEASE_RELEASE = delete(LEASE).where(_LEASE_KEY, LEASE.c.worker == bindparam("worker"))
 
 
-def _lease_statement(conn: Connection) -> Any:
+def _lease_conflict(stmt: Any) -> Any:
     """Take the lease if it is free, expired or already ours; RETURNING says whether it was."""
-    stmt = upsert(conn, LEASE)
     new = stmt.excluded
     return stmt.on_conflict_do_update(
         index_elements=[LEASE.c.run_id, LEASE.c.method],
@@ -252,8 +253,7 @@ def _lease_statement(conn: Connection) -> Any:
     ).returning(LEASE.c.worker)
 
 
-#: the lease upsert of each dialect, built on first use
-_LEASE_TAKE: dict[str, Any] = {}
+_LEASE_TAKE = Upsert(LEASE, _lease_conflict)
 
 
 def acquire_export_lease(
@@ -267,12 +267,8 @@ def acquire_export_lease(
         if holder is not None and _dead_local(holder):
             # its writer was killed mid-export: the lease is over now, not at expiry
             conn.execute(_LEASE_DROP, key)
-        dialect = conn.dialect.name
-        take = _LEASE_TAKE.get(dialect)
-        if take is None:
-            take = _LEASE_TAKE[dialect] = _lease_statement(conn)
         row = {**key, "worker": worker, "expires_at": now + timedelta(seconds=lease_s), "now": now}
-        return conn.execute(take, row).first() is not None
+        return conn.execute(_LEASE_TAKE(conn), row).first() is not None
 
 
 def release_export_lease(store: Store, run_id: str, method: str, worker: str) -> None:

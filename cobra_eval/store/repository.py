@@ -77,8 +77,26 @@ def upsert(conn: Connection, table: Any) -> Any:
     return insert_of(table)
 
 
-#: INSERT ... ON CONFLICT DO NOTHING into the generation cache, per dialect (built on first use)
-_CACHE_INSERT: dict[str, Any] = {}
+class Upsert:
+    """An INSERT ... ON CONFLICT statement, built once per dialect on first use.
+
+    Building one cost more than running it, and a run executes them per batch.
+    """
+
+    def __init__(self, table: Any, on_conflict: Callable[[Any], Any]):
+        self.table, self.on_conflict = table, on_conflict
+        self._built: dict[str, Any] = {}
+
+    def __call__(self, conn: Connection) -> Any:
+        """The statement for this connection's dialect."""
+        dialect = conn.dialect.name
+        if dialect not in self._built:
+            self._built[dialect] = self.on_conflict(upsert(conn, self.table))
+        return self._built[dialect]
+
+
+# a key another worker cached first keeps its output: the cache is complete
+_CACHE_INSERT = Upsert(CACHE, lambda insert: insert.on_conflict_do_nothing(index_elements=["key"]))
 
 
 @dataclass(frozen=True)
@@ -527,14 +545,7 @@ class Store:
         now = utcnow()
         rows = [{"key": key, "output": text, "created_at": now} for key, text in outputs.items()]
         with self.engine.begin() as conn:
-            dialect = conn.dialect.name
-            statement = _CACHE_INSERT.get(dialect)
-            if statement is None:
-                # a key another worker cached first keeps its output: the cache is complete
-                statement = _CACHE_INSERT[dialect] = upsert(conn, CACHE).on_conflict_do_nothing(
-                    index_elements=[CACHE.c.key]
-                )
-            conn.execute(statement, rows)
+            conn.execute(_CACHE_INSERT(conn), rows)
 
     def record_checkpoint(
         self,

@@ -36,10 +36,10 @@ _EXISTING = {
     True: _EXISTING_ALL.where(RESULT.c.image_id.in_(bindparam("ids", expanding=True))),
     False: _EXISTING_ALL,
 }
-_INSERT_RESULT = insert(RESULT)
-_INSERT_PASS = insert(PASS)
-_PASS_IDS_ALL = select(PASS.c.result_id, PASS.c.pass_index, PASS.c.id)
-_PASS_IDS = _PASS_IDS_ALL.where(PASS.c.result_id.in_(bindparam("ids", expanding=True)))
+# RETURNING in any row order (matched by key): SQLAlchemy then sends many rows per
+# statement; in parameter order it would insert one row per statement on SQLite
+_INSERT_RESULT = insert(RESULT).returning(RESULT.c.image_id, RESULT.c.id)
+_INSERT_PASS = insert(PASS).returning(PASS.c.result_id, PASS.c.pass_index, PASS.c.id)
 
 
 def bump_revision(conn: Connection, run_id: str | Sequence[str], method: str | None = None) -> None:
@@ -74,7 +74,6 @@ def write_results(
     never committed twice.
     """
     ids = [item.result.image_id for item in items]
-    mine = (RESULT.c.run_id == run_id, RESULT.c.method == method)
     # a batch looks up its own samples; an import of thousands reads the method's rows once
     few = len(ids) <= _BY_ID_LIMIT
     keys = {"run_id": run_id, "method": method, "ids": ids}
@@ -99,7 +98,7 @@ def write_results(
     if not fresh:
         return [False] * len(items)
     now = utcnow()
-    conn.execute(
+    inserted = conn.execute(
         _INSERT_RESULT,
         [
             {
@@ -122,9 +121,8 @@ def write_results(
             for r in (item.result,)
         ],
     )
-    # ids read back by sample (unique in a run and method), not by RETURNING: with the
-    # rows' order kept, SQLAlchemy would insert one row per statement on SQLite
-    id_of: dict[int, int] = {row.image_id: row.id for row in conn.execute(_EXISTING[few], keys)}
+    # image ids are unique in a run and method
+    id_of: dict[int, int] = {image_id: id_ for image_id, id_ in inserted}
     result_ids = [id_of[item.result.image_id] for item in fresh]
     passes = [_passes(item.result) for item in fresh]
     pass_rows = [
@@ -134,15 +132,7 @@ def write_results(
     ]
     pass_id: dict[tuple[int, int], int] = {}
     if pass_rows:
-        conn.execute(_INSERT_PASS, pass_rows)
-        if len(result_ids) <= _BY_ID_LIMIT:
-            found_ids = conn.execute(_PASS_IDS, {"ids": result_ids})
-        else:
-            found_ids = conn.execute(
-                _PASS_IDS_ALL.select_from(PASS.join(RESULT, PASS.c.result_id == RESULT.c.id)).where(
-                    *mine
-                )
-            )
+        found_ids = conn.execute(_INSERT_PASS, pass_rows)
         pass_id = {(result_id, index): id_ for result_id, index, id_ in found_ids}
     # per result: its own metrics, then each pass's
     metrics: list[tuple[int, int | None, str, float]] = []
