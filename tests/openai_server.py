@@ -4,7 +4,7 @@ It answers ``POST /v1/chat/completions`` as vLLM or OpenAI do, with a caption th
 depends only on the prompt and the image bytes (as EchoBackend's does), so any
 concurrency gives the same results. It checks every request's shape and answers
 400 to a wrong one. Faults are scripted: a queue of answers (a status, a sleep,
-a Retry-After) served before normal ones, either to the next requests or to the
+a Retry-After, a content) served before normal ones, either to the next requests or to the
 requests about one image. It counts requests and the most in flight at once.
 """
 
@@ -40,6 +40,8 @@ class Step:
     retry_after: str | None = None
     #: an error body that quotes the request's headers, as a careless proxy might
     echo_headers: bool = False
+    #: a 200's message content instead of the normal caption
+    content: str | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,9 @@ class ChatServer:
                     step = queue.popleft()
                 elif self._next:
                     step = self._next.popleft()
-            if step.status != 200:
+            if step.status == 200 and step.content is not None:
+                body = _completion(self.model, step.content)
+            elif step.status != 200:
                 message = f"scripted fault {step.status}"
                 if step.echo_headers:
                     # the Authorization header first, where a shortened quote still has it
@@ -288,7 +292,7 @@ def _check_shape(
 
 def _completion(model: str, text: str) -> dict[str, Any]:
     return {
-        "id": "chatcmpl-" + hashlib.sha256(text.encode()).hexdigest()[:12],
+        "id": "chatcmpl-" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12],
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,

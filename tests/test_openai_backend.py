@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,6 +138,26 @@ def test_a_sample_whose_retries_run_out_fails_alone_and_resume_completes_it(
             "SELECT generated_caption FROM sample_result WHERE image_id = 1014"
         )
         assert caption == moved.answers[digest(victim)]
+
+
+def test_a_caption_with_a_lone_surrogate_is_stored_scored_and_exported(
+    world: World, cli, server: ChatServer
+) -> None:
+    # JSON may escape half a UTF-16 pair ("\\ud83d"): Python decodes it to a str that no
+    # UTF-8 writer (the database, the tokenizer, the JSON files) accepts
+    server.script(Step(content="a red \ud83d circle"), image=image(world, 1007))
+    result = openai(cli, world, server, "--num_samples", "3", "--metrics", "bleu,rouge")
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    assert statuses(world) == dict.fromkeys(ids(3), "ok")
+    ((caption, metrics),) = world.rows(
+        "SELECT generated_caption, metrics FROM sample_result WHERE image_id = 1007"
+    )
+    assert caption == "a red \ufffd circle"
+    assert "ROUGE_L" in metrics
+    (final,) = world.out.glob("*/baseline/results_baseline.json")
+    stored = {r["image_id"]: r for r in json.loads(final.read_text(encoding="utf-8"))["results"]}
+    assert stored[1007]["generated_caption"] == "a red \ufffd circle"
 
 
 def test_a_request_that_times_out_is_retried(world: World, cli, server: ChatServer) -> None:
