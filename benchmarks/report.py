@@ -38,15 +38,17 @@ NOTES = """\
 - **Tool overhead** compares a run with `--metrics none` to the bare generation
   loop on the same loaded model. Each repeat is bare, run, run, bare (a drift in
   this shared machine's speed, larger than the overhead, cancels to first order),
-  and the figure is the median of 5 repeats; single repeats still range over
-  about 4-22%. The demo model writes a caption in about 3.5 ms at batch 16, on
-  both cores, so the tool's work is not hidden behind it: the same run with an
-  instant backend shows the tool's own CPU (claims, cache lookups and writes,
-  commits, checkpoint exports, about 9 ms per batch of 16), and it alone is
-  about 3 times the 5% budget. Part of it overlaps generation (the finishing
-  thread); what a process busy 15% of one core costs the bare loop shows how
-  much of a core the model leaves idle. A model that takes longer per caption
-  dilutes these per-batch costs (not measured here: no GPU was lent).
+  and the figure is the median of 5 repeats; single repeats still differ by up
+  to about 10 points. The demo model writes a caption in about 3.5 ms at batch
+  16, on both cores, so the tool's work is not hidden behind it. The same run
+  with an instant backend shows the tool's own CPU (claims, cache lookups and
+  writes, commits, checkpoint exports: about 8-9 ms per batch of 16), and that
+  alone is about 3 times the 5% budget. A process that keeps 15% of one core
+  busy slows the bare loop by half to more than all of that share (the line
+  above the shell runs): the model leaves little of either core idle, so the
+  tool's CPU comes out of generation wherever it runs. A model that takes
+  longer per caption dilutes these per-batch costs (not measured here: no GPU
+  was lent).
 - **All metrics vs none** includes METEOR, whose JVM loads a 62 MB paraphrase
   table and then aligns each caption on the same two cores the CPU-bound demo
   model runs on. The run's CPU time (its process and its JVMs) bounds the ratio
