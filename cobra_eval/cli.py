@@ -274,8 +274,8 @@ def _method_choices() -> list[str]:
 @flag(
     "skip_missing",
     is_flag=True,
-    help="Plan without samples whose image file is missing or that have no reference caption "
-    "(recorded in the run) instead of refusing to start.",
+    help="Plan without samples whose image file is missing or whose reference captions are "
+    "missing or unreadable (recorded in the run) instead of refusing to start.",
 )
 @flag(
     "max_new_tokens",

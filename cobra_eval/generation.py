@@ -10,7 +10,6 @@ baseline and scratchpad generations of the same images.
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from cobra_eval.backends import Backend, GenerationRequest
 from cobra_eval.config import GenerationParams, canonical_json
 from cobra_eval.errors import BackendError
 from cobra_eval.store import Store
+from cobra_eval.text import mend
 
 
 @dataclass(frozen=True)
@@ -106,19 +106,6 @@ class CachedGenerator:
         return [item for item in out if item is not None]
 
 
-#: A UTF-16 surrogate alone in a str: what JSON's "\\ud83d" without its pair decodes to.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _valid_text(text: str) -> str:
-    """text with each lone surrogate replaced by U+FFFD, so that it encodes as UTF-8.
-
-    A str holding one cannot be stored, tokenized or written to a JSON file; a model
-    served over JSON can produce one (half of an escaped pair).
-    """
-    return _LONE_SURROGATE.sub("\ufffd", text)
-
-
 def generate_isolated(
     backend: Backend, requests: Sequence[GenerationRequest], params: GenerationParams
 ) -> list[str | Exception]:
@@ -142,4 +129,5 @@ def generate_isolated(
     for output in outputs:
         if isinstance(output, BackendError):
             raise output
-    return [_valid_text(output) if isinstance(output, str) else output for output in outputs]
+    # a lone surrogate (half of a JSON-escaped pair) would fail every write of this output
+    return [mend(output) if isinstance(output, str) else output for output in outputs]

@@ -102,6 +102,30 @@ def test_skip_missing_plans_without_them_and_a_corrupt_image_is_a_failed_sample(
     }
 
 
+def test_a_reference_no_scorer_can_read_is_refused_or_skipped(tmp_path: Path, cli) -> None:
+    # "\\ud83d" without its pair: json decodes it to a str that UTF-8 cannot encode
+    for k in range(3):
+        png(tmp_path / f"{k}.png", (k * 60, 1, 2))
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps({
+        "images": [{"id": k, "file_name": f"{k}.png"} for k in range(3)],
+        "annotations": [{"image_id": 0, "caption": "a cat"},
+                        {"image_id": 1, "caption": "a dog \ud83d on grass"},
+                        {"image_id": 2, "caption": "a bird"}],
+    }))  # fmt: skip
+    assert "\\ud83d" in path.read_text()
+    refused = run(cli, tmp_path, path, "--images", str(tmp_path))
+    assert refused.exit_code == 1
+    assert "images whose reference captions hold a lone UTF-16 surrogate: 1 (e.g. 1)" in (
+        refused.output
+    )
+    assert "Traceback" not in refused.output
+    assert not (tmp_path / "out" / "cobra_eval.db").exists()
+    skipped = run(cli, tmp_path, path, "--images", str(tmp_path), "--skip_missing")
+    assert skipped.exit_code == 0, skipped.output
+    assert rows(tmp_path, "SELECT image_id FROM sample_result ORDER BY image_id") == [(0,), (2,)]
+
+
 def test_duplicate_ids_and_unreadable_files_are_refused(tmp_path: Path, cli) -> None:
     png(tmp_path / "a.png", (1, 2, 3))
     dup = tmp_path / "dup.json"

@@ -13,11 +13,13 @@ from typing import Any
 
 from cobra_eval.datasets.base import Dataset, Sample
 from cobra_eval.errors import DatasetError
+from cobra_eval.text import has_lone_surrogate
 
 #: Offenders named per kind of problem in a report.
 SHOWN = 5
 MISSING_IMAGE = "missing image files"
 NO_REFERENCES = "images without reference captions"
+BROKEN_REFERENCES = "images whose reference captions hold a lone UTF-16 surrogate"
 
 
 @dataclass
@@ -53,9 +55,10 @@ def select_samples(
 ) -> Selection:
     """The first num_samples usable samples in planning order, or a refusal listing the problems.
 
-    A sample is unusable when its image file is missing or it has no reference
-    caption. Without skip_missing any unusable sample among those selected stops
-    the run before generation; with it they are passed over and recorded.
+    A sample is unusable when its image file is missing, it has no reference
+    caption, or one of them cannot be encoded (a lone surrogate: no scorer reads
+    it). Without skip_missing any unusable sample among those selected stops the
+    run before generation; with it they are passed over and recorded.
     Duplicate image ids always stop it: which entry is meant cannot be guessed.
     """
     where = f"{dataset.name}{f' (split {dataset.split})' if dataset.split else ''}"
@@ -65,7 +68,11 @@ def select_samples(
             f"more than once (e.g. {_ids(dataset.duplicates)}); fix the annotation file"
         )
     chosen: list[Sample] = []
-    problems: dict[str, list[tuple[int, str]]] = {MISSING_IMAGE: [], NO_REFERENCES: []}
+    problems: dict[str, list[tuple[int, str]]] = {
+        MISSING_IMAGE: [],
+        NO_REFERENCES: [],
+        BROKEN_REFERENCES: [],
+    }
     for sample in order(dataset, seed):
         if num_samples is not None and len(chosen) >= num_samples:
             break
@@ -105,6 +112,8 @@ def select_samples(
 def _problem(sample: Sample) -> str | None:
     if not sample.references:
         return NO_REFERENCES
+    if any(has_lone_surrogate(reference) for reference in sample.references):
+        return BROKEN_REFERENCES
     if not sample.image_path.is_file():
         return MISSING_IMAGE
     return None
