@@ -8,6 +8,7 @@ can serve the current planned set and which must be scored again.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from cobra_eval.datasets import Sample
@@ -37,6 +38,9 @@ from cobra_eval.store.scores import (
 
 #: Stored results scored again per tokenizer call when a run's planned set changes.
 RESCORE_CHUNK = 500
+#: How long before its commit another worker's result may be stamped (its transaction's
+#: length), for the checkpoints' look for new results; the final scores read them all.
+LATE_COMMIT = timedelta(minutes=5)
 
 
 class MethodScores:
@@ -151,12 +155,18 @@ class MethodScores:
         )
         return CorpusScores(n=len(samples), scores=scores)
 
-    def add_others(self) -> None:
-        """Scores of results other workers committed since this worker loaded the stored ones."""
+    def add_others(self, *, complete: bool = False) -> None:
+        """Scores of results other workers committed since this worker loaded the stored ones.
+
+        created_at is stamped before a commit: a checkpoint looks back LATE_COMMIT
+        before loaded_at; complete reads every other worker's results (what the
+        final scores need, whatever a transaction's length).
+        """
         if len(self.scored) >= len(self.samples):
             return
+        since = None if complete else self.loaded_at - LATE_COMMIT
         others = stored_scores(self.store, self.run_id, self.method.name,
-                               since=self.loaded_at, other_than=self.worker)  # fmt: skip
+                               since=since, other_than=self.worker)  # fmt: skip
         for image_id, entry in others.items():
             if image_id in self.samples and image_id not in self.scored and entry.scoring \
                     and self.scorer.covers(entry.scoring):  # fmt: skip
@@ -171,7 +181,7 @@ class MethodScores:
         if not self.metrics:
             return None
         if self.scorer.available:
-            self.add_others()
+            self.add_others(complete=True)
         reused = self.stored_final(len(self.scored)) if reuse else None
         if reused is not None:
             return reused

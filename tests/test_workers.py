@@ -8,12 +8,21 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import update
 
+from cobra_eval.datasets import Sample, load_dataset, select_samples
+from cobra_eval.metrics.per_sample import SampleScorer
+from cobra_eval.store import Store, resolve_url
+from cobra_eval.store.checkpoint_io import ResultRecord
+from cobra_eval.store.models import utcnow
+from cobra_eval.store.repository import RESULT, CommitItem
 from tests.conftest import REPO, World, load_json, subprocess_env
-from tests.stand_in import DELAY_ENV, GENLOG_ENV, make_coco_world
+from tests.stand_in import DELAY_ENV, GENLOG_ENV, EchoBackend, make_coco_world
 
 pytestmark = pytest.mark.databases
 
@@ -163,3 +172,63 @@ def test_a_database_password_never_shows(world: World, cli) -> None:
     texts += [p.read_text() for p in world.out.rglob("*.json")]
     assert all("s3cret-pw" not in text for text in texts)
     assert "postgres:***@" in bad.output
+
+
+class LateCommitBackend(EchoBackend):
+    """Echo, but its first call lets "another worker" commit a sample late: the transaction
+    began (and stamped created_at) before this worker loaded the stored scores, and
+    committed after."""
+
+    #: (database URL, run id, sample, its created_at) set by the test
+    late: tuple[str, str, Sample, datetime] | None = None
+
+    def generate(self, requests: Any, params: Any) -> list[str]:
+        if LateCommitBackend.late is not None:
+            url, run_id, sample, stamped = LateCommitBackend.late
+            LateCommitBackend.late = None
+            caption = "a red circle above a blue square"
+            score = SampleScorer({sample.image_id: sample.references}, ["bleu"]).score(
+                [(sample.image_id, caption)]
+            )[0]
+            record = ResultRecord(image_id=sample.image_id,
+                                  reference_captions=list(sample.references),
+                                  generated_caption=caption, metrics=score.scores)  # fmt: skip
+            store = Store.open(url)
+            try:
+                store.commit_results(run_id, "baseline", [CommitItem(record, 0.1, score.detail)],
+                                     worker="someone@elsewhere:1")  # fmt: skip
+                with store.engine.begin() as conn:
+                    conn.execute(
+                        update(RESULT)
+                        .where(RESULT.c.image_id == sample.image_id)
+                        .values(created_at=stamped)
+                    )
+            finally:
+                store.engine.dispose()
+        return super().generate(requests, params)
+
+
+@pytest.mark.parametrize("began", ["30 s before", "in 2000"])
+def test_corpus_scores_count_a_sample_another_worker_committed_late(
+    world: World, cli, began: str
+) -> None:
+    dataset = load_dataset(str(world.dataset))
+    last = select_samples(dataset, 8).samples[-1]
+    url = world.url or resolve_url(None, world.out)
+    stamped = utcnow() - timedelta(seconds=30) if began == "30 s before" else datetime(2000, 1, 1)
+    LateCommitBackend.late = (url, "late", last, stamped)
+    result = cli(*world.run_args("--backend", "tests.test_workers:LateCommitBackend",
+                                 "--num_samples", "8", "--batch_size", "1", "--run_id", "late",
+                                 "--checkpoint_interval", "4", "--metrics", "bleu"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert LateCommitBackend.late is None  # the other worker did commit
+    workers = dict(world.rows("SELECT image_id, worker FROM sample_result"))
+    assert len(workers) == 8 and workers[last.image_id] == "someone@elsewhere:1"
+    folder = world.method_dir("late", "baseline")
+    if began == "30 s before":
+        # a transaction's length is looked back over at each checkpoint
+        (first,) = folder.glob("checkpoint_baseline_4_*.json")
+        assert load_json(first)["corpus_metrics"]["n_samples"] == 4
+    # every committed sample is in the final corpus scores, however late it was committed
+    final = load_json(folder / "results_baseline.json")
+    assert final["corpus_metrics"]["n_samples"] == 8
