@@ -71,14 +71,8 @@ _CACHED = select(CACHE.c.key, CACHE.c.output).where(
 )
 
 
-def upsert(conn: Connection, table: Any) -> Any:
-    """INSERT for this connection's dialect, with its ON CONFLICT clauses (SQLite, PostgreSQL)."""
-    insert_of = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    return insert_of(table)
-
-
 class Upsert:
-    """An INSERT ... ON CONFLICT statement, built once per dialect on first use.
+    """An INSERT ... ON CONFLICT statement (SQLite, PostgreSQL), built once per dialect.
 
     Building one cost more than running it, and a run executes them per batch.
     """
@@ -91,7 +85,8 @@ class Upsert:
         """The statement for this connection's dialect."""
         dialect = conn.dialect.name
         if dialect not in self._built:
-            self._built[dialect] = self.on_conflict(upsert(conn, self.table))
+            insert_of = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            self._built[dialect] = self.on_conflict(insert_of(self.table))
         return self._built[dialect]
 
 
