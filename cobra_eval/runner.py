@@ -52,6 +52,7 @@ from cobra_eval.store.snapshots import (
     export_snapshot,
     prepare_method_folder,
 )
+from cobra_eval.store.tally import ResultTally
 
 #: A run stops when this many samples in a row failed: the cause is systemic, not the samples.
 MAX_CONSECUTIVE_FAILURES = 20
@@ -262,7 +263,9 @@ class _MethodLoop:
         # the count within the plan's first `total` costs a join; needed only when the
         # plan is longer (an earlier invocation planned more samples)
         plan_length = self.store.plan_length(self.run_id)
-        self.count_limit = self.total if plan_length > self.total else None
+        self.tally = ResultTally(
+            self.store, self.run_id, name, limit=self.total if plan_length > self.total else None
+        )
         self.failed_before = self.store.failed_ids(self.run_id, name)
         lease_s = self.settings.lease_seconds
         waiting_shown = False
@@ -412,9 +415,7 @@ class _MethodLoop:
 
     def _count(self) -> int:
         """Samples committed so far, re-read once per batch: other workers commit too."""
-        self.processed = self.store.count_results(
-            self.run_id, self.method.name, limit=self.count_limit
-        )
+        self.processed = self.tally.read()
         return self.processed
 
     def _scheduled(self, processed: int) -> int:

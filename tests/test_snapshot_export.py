@@ -377,7 +377,11 @@ def test_a_checkpoint_copies_the_results_of_the_one_before_only_while_they_hold(
         export(reused=20)  # nothing new (the same file name: copied from the replaced file)
         commit_ids(store, [21, 22])
         commit_ids(store, [23], status="failed")
+        # scores of the 22 successful results belong in the file: the failed one is counted
+        record_corpus_metrics(store, "r", "baseline", {"CIDEr": 0.5}, n=22, scope="checkpoint")
         export(reused=20)
+        assert earlier is not None
+        assert json.loads(earlier.path.read_bytes())["corpus_metrics"]["n_samples"] == 22
         commit_ids(store, [23])  # the failed result is replaced: nothing is copied
         export(reused=0)
         commit_ids(store, [24])
@@ -396,6 +400,13 @@ def test_a_checkpoint_copies_the_results_of_the_one_before_only_while_they_hold(
         export(reused=0)
         commit_ids(store, [32])
         export(reused=27)
+        new_run(store, list(range(1, 41)), total=30)  # a later invocation plans fewer samples
+        commit_ids(store, [33])
+        export(reused=28)
+        assert json.loads(earlier.path.read_bytes())["checkpoint_info"] == {
+            "processed_count": 29,
+            "remaining_count": 4,  # 26 of the first 30 are done
+        }
         store.ensure_plan("r", [2, 1, *range(3, 41)])  # two samples change places in the plan
         export(reused=0)
         with store.engine.begin() as conn:  # a result outside the plan: placed after the rest

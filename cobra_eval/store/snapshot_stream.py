@@ -53,6 +53,7 @@ from cobra_eval.store.checkpoint_io import (
 )
 from cobra_eval.store.repository import PLAN, RESULT, RUN, RUN_METHOD, Store
 from cobra_eval.store.scores import latest_corpus_in
+from cobra_eval.store.tally import IN_PLAN, Since, results_since
 
 #: Results read, serialised and written at a time (~0.2 MB of JSON, ~1.5 MB as objects).
 CHUNK_ROWS = 250
@@ -104,6 +105,10 @@ class WrittenItems:
     revision: int
     #: (inode, size, mtime in ns) of the file as written: a file changed since is not copied
     file_id: tuple[int, int, int]
+    #: of count: the failed results, the plan's length then, and the results within it
+    failed: int
+    total: int
+    in_plan: int
 
 
 @dataclass
@@ -122,13 +127,17 @@ class SnapshotDocument:
     """A run/method as read in one transaction: the document minus its results, and those."""
 
     head: CheckpointFile
-    count: int
+    counts: _Counts
     results: Iterator[bytes]
-    revision: int = 0
     #: the earlier file whose results open this document's, and how many they are
     reused_from: tuple[IO[bytes], WrittenItems] | None = None
     _seen: _Seen = field(default_factory=_Seen)
     _prefix: int = 0
+
+    @property
+    def count(self) -> int:
+        """The method's results in this document."""
+        return self.counts.count
 
     @property
     def reused(self) -> int:
@@ -177,8 +186,11 @@ class SnapshotDocument:
             count=self.count,
             last_position=max(seen.last_position, last.last_position if last else -1),
             last_id=max(seen.last_id, last.last_id if last else -1),
-            revision=self.revision,
+            revision=self.counts.revision,
             file_id=(stat.st_ino, stat.st_size, stat.st_mtime_ns),
+            failed=self.counts.failed,
+            total=self.counts.total,
+            in_plan=self.counts.in_plan,
         )
 
 
@@ -204,12 +216,16 @@ def open_snapshot(
         if conn.dialect.name != "sqlite":
             conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
-            head, revision = _head(
-                conn, store, run_id, method, is_checkpoint=is_checkpoint, when=when
-            )
-            count = head.checkpoint_info.processed_count
+            head, counts, grown = _head(
+                conn, store, run_id, method, is_checkpoint=is_checkpoint, when=when,
+                earlier=earlier,
+            )  # fmt: skip
+            count = counts.count
             seen = _Seen()
-            reusable = _reusable(conn, run_id, method, count, revision, earlier)
+            # the earlier file's results open this one's if every result since is planned after
+            reusable = None
+            if earlier is not None and grown is not None and grown.after == grown.count:
+                reusable = _reusable(earlier)
             if reusable is not None and earlier is not None:
                 copied: tuple[IO[bytes], WrittenItems] | None = (
                     files.enter_context(reusable),
@@ -220,7 +236,7 @@ def open_snapshot(
             else:
                 copied, results = None, _result_chunks(conn, run_id, method, count, seen)
             try:
-                yield SnapshotDocument(head, count, results, revision, copied, seen)
+                yield SnapshotDocument(head, counts, results, copied, seen)
             finally:
                 # a consumer that stopped early (a full disk) leaves a cursor open: an open
                 # SQLite statement pins its snapshot, and the pooled connection's next write
@@ -228,25 +244,39 @@ def open_snapshot(
                 results.close()
 
 
-def _reusable(
-    conn: Connection,
-    run_id: str,
-    method: str,
-    count: int,
-    revision: int,
-    earlier: WrittenItems | None,
-) -> IO[bytes] | None:
-    """The earlier snapshot's file, open, if its results are exactly this document's first ones."""
-    if earlier is None or earlier.revision != revision or earlier.count > count:
+@dataclass(frozen=True)
+class _Counts:
+    """A method's results as one document sees them."""
+
+    count: int
+    failed: int
+    #: the plan's length for the method (total_planned), and the results within it
+    total: int
+    in_plan: int
+    revision: int
+
+
+def _grown(
+    conn: Connection, keys: dict[str, Any], total: int, revision: int, earlier: WrittenItems | None
+) -> Since | None:
+    """What was added since earlier, when nothing it holds changed (else None: count it all).
+
+    Reads only the new rows (and one index count), so an export a run makes every
+    few samples does not count a 100k-result run again.
+    """
+    if earlier is None or earlier.revision != revision:
         return None
-    keys = {"run_id": run_id, "method": method, "last_id": earlier.last_id}
     # nothing up to its last result was added or removed (the revision covers changes in place)
-    up_to = conn.execute(_UP_TO, keys).scalar_one()
-    # and every result since is planned after its last one
-    keys["last_position"] = earlier.last_position
-    after = conn.execute(_COUNT_AFTER, keys).scalar_one()
-    if up_to != earlier.count or earlier.count + after != count:
+    if conn.execute(_UP_TO, {**keys, "last_id": earlier.last_id}).scalar_one() != earlier.count:
         return None
+    return results_since(
+        conn, keys["run_id"], keys["method"], earlier.last_id, total=total,
+        last_position=earlier.last_position,
+    )  # fmt: skip
+
+
+def _reusable(earlier: WrittenItems) -> IO[bytes] | None:
+    """The earlier snapshot's file, open, if it is still the file that was written."""
     try:
         handle = open(earlier.path, "rb")  # noqa: SIM115 (closed by the caller's ExitStack)
     except OSError:
@@ -285,28 +315,21 @@ _RESULT_OF_PLANNED = and_(
     RESULT.c.image_id == PLAN.c.image_id,
     RESULT.c.method == _METHOD,
 )
+_FAILED = RESULT.c.status != "ok"
 _PROGRESS = select(
     RUN_METHOD.c.config,
     RUN_METHOD.c.settings,
     RUN_METHOD.c.total_planned,
     RUN_METHOD.c.revision,
     select(RUN.c.config).where(RUN.c.id == _RUN_ID).scalar_subquery().label("run_config"),
-    select(func.count()).where(_MINE).scalar_subquery().label("count"),
-    select(func.count()).where(_MINE, RESULT.c.status != "ok").scalar_subquery().label("failed"),
 ).where(RUN_METHOD.c.run_id == _RUN_ID, RUN_METHOD.c.method == _METHOD)
-_IN_PLAN = (
-    select(func.count())
-    .select_from(PLAN.join(RESULT, _RESULT_OF_PLANNED))
-    .where(PLAN.c.run_id == _RUN_ID, PLAN.c.position < bindparam("total"))
+_COUNTS = select(
+    select(func.count()).where(_MINE).scalar_subquery().label("count"),
+    select(func.count()).where(_MINE, _FAILED).scalar_subquery().label("failed"),
 )
 _UP_TO = select(func.count()).where(_MINE, RESULT.c.id <= bindparam("last_id"))
 _PLANNED_AFTER = and_(
     PLAN.c.position > bindparam("last_position"), RESULT.c.id > bindparam("last_id")
-)
-_COUNT_AFTER = (
-    select(func.count())
-    .select_from(PLAN.join(RESULT, _RESULT_OF_PLANNED))
-    .where(PLAN.c.run_id == _RUN_ID, _PLANNED_AFTER)
 )
 # driven by the plan's (run_id, position) index: rows come in order, nothing is sorted
 _PLANNED = (
@@ -326,17 +349,26 @@ def _head(
     *,
     is_checkpoint: bool,
     when: datetime,
-) -> tuple[CheckpointFile, int]:
-    """The document without its results, and the method's revision."""
+    earlier: WrittenItems | None = None,
+) -> tuple[CheckpointFile, _Counts, Since | None]:
+    """The document without its results, its counts, and what was added since earlier."""
     keys = {"run_id": run_id, "method": method}
     progress = conn.execute(_PROGRESS, keys).first()
     if progress is None or progress.run_config is None:
         raise StoreError(f"run {run_id!r} has no method {method!r} in {store.display}")
-    total, count = progress.total_planned, progress.count
-    in_plan = conn.execute(_IN_PLAN, {**keys, "total": total}).scalar_one()
+    total = progress.total_planned
+    grown = _grown(conn, keys, total, progress.revision, earlier)
+    if grown is not None and earlier is not None:
+        count, failed = earlier.count + grown.count, earlier.failed + grown.failed
+    else:
+        count, failed = conn.execute(_COUNTS, keys).one()
+    if grown is not None and earlier is not None and earlier.total == total:
+        in_plan = earlier.in_plan + grown.in_plan
+    else:
+        in_plan = conn.execute(IN_PLAN, {**keys, "total": total}).scalar_one()
     corpus = _latest_corpus(conn, run_id, method)
     # only scores of exactly these results: older ones would describe another set
-    if corpus is not None and corpus.n_samples != count - progress.failed:
+    if corpus is not None and corpus.n_samples != count - failed:
         corpus = None
     run_config = progress.run_config
     if isinstance(run_config, str | bytes):  # a scalar subquery's JSON comes back as text
@@ -358,7 +390,7 @@ def _head(
         corpus_metrics=corpus,
         results=[],
     )
-    return document, progress.revision
+    return document, _Counts(count, failed, total, in_plan, progress.revision), grown
 
 
 def _latest_corpus(conn: Connection, run_id: str, method: str) -> CorpusMetrics | None:
