@@ -40,10 +40,13 @@ def test_a_tally_within_the_plan_counts_only_its_first_samples(world: World) -> 
         assert tally.read() == 4 == store.count_results("r", "baseline", limit=5)
 
 
+@pytest.mark.databases
 def test_a_row_below_the_newest_id_seen_is_counted_by_the_next_full_count(
     world: World,
 ) -> None:
     """A PostgreSQL transaction that commits late may hold an id lower than one already read."""
+    if world.kind == "sqlite":
+        pytest.skip("SQLite's writers take turns: its ids appear in order")
     with open_store(world) as store:
         new_run(store, list(range(1, 41)), total=40)
         commit_ids(store, [1, 2, 3])

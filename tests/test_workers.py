@@ -19,10 +19,13 @@ from cobra_eval.datasets import Sample, load_dataset, select_samples
 from cobra_eval.metrics.per_sample import SampleScorer
 from cobra_eval.store import Store, resolve_url
 from cobra_eval.store.checkpoint_io import ResultRecord
+from cobra_eval.store.claims import DEAD_CHECK_S, ClaimCursor, claim_batch
+from cobra_eval.store.engine import user_at_host
 from cobra_eval.store.models import utcnow
 from cobra_eval.store.repository import RESULT, CommitItem
 from tests.conftest import REPO, World, load_json, subprocess_env
 from tests.stand_in import DELAY_ENV, GENLOG_ENV, EchoBackend, make_coco_world
+from tests.test_snapshot_export import new_run
 
 pytestmark = pytest.mark.databases
 
@@ -232,3 +235,34 @@ def test_corpus_scores_count_a_sample_another_worker_committed_late(
     # every committed sample is in the final corpus scores, however late it was committed
     final = load_json(folder / "results_baseline.json")
     assert final["corpus_metrics"]["n_samples"] == 8
+
+
+def test_a_dead_local_workers_claims_are_taken_at_the_first_claim_and_then_every_few_seconds(
+    world: World,
+) -> None:
+    """Looking for dead workers reads every live claim: a claiming worker does it at its first
+    claim and then every DEAD_CHECK_S, not at every batch of a fast run."""
+    dead = f"{user_at_host()}:{subprocess_pid_gone()}"
+    with Store.open(resolve_url(world.url or str(world.db))) as store:
+        new_run(store, list(range(1, 11)), total=10)
+        since = utcnow()
+
+        def claim(worker: str, cursor: ClaimCursor | None, **extra: Any) -> list[int]:
+            return claim_batch(store, "r", "baseline", worker, total=10, lease_s=120,
+                               retry_failed_before=since, cursor=cursor, **extra)  # fmt: skip
+
+        assert claim(dead, None, limit=1) == [1]
+        cursor = ClaimCursor()
+        assert claim("w:1", cursor, limit=2) == [1, 2]  # the first claim looks
+        assert claim(dead, None, limit=1, in_hand=range(1, 10)) == [10]  # it "dies" again
+        assert claim("w:1", cursor, limit=20) == [3, 4, 5, 6, 7, 8, 9]  # no look: 10 is held
+        assert cursor.dead_checked_at is not None
+        cursor.dead_checked_at -= DEAD_CHECK_S
+        assert claim("w:1", cursor, limit=20) == [10]
+
+
+def subprocess_pid_gone() -> int:
+    """The pid of a process of this host that has exited (no worker runs under it)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid

@@ -12,6 +12,7 @@ over; one whose worker is a dead process on this host is taken over at once.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -46,11 +47,28 @@ class OthersWork:
     until: datetime | None
 
 
+#: Seconds between a worker's looks for claims of dead processes of its host, as it claims.
+DEAD_CHECK_S = 10.0
+
+
 @dataclass
 class ClaimCursor:
-    """Where a worker's next claim starts looking: after the last plan position it claimed."""
+    """Where a worker's next claim starts looking: after the last plan position it claimed.
+
+    It also paces the look for dead local workers' claims: every live claim of
+    the method is read for it, and a fast run holds thousands.
+    """
 
     position: int = -1
+    dead_checked_at: float | None = None
+
+    def look_for_dead(self) -> bool:
+        """Whether this claim looks (the first one, then one every DEAD_CHECK_S)."""
+        now = time.monotonic()
+        if self.dead_checked_at is not None and now - self.dead_checked_at < DEAD_CHECK_S:
+            return False
+        self.dead_checked_at = now
+        return True
 
 
 def claim_batch(
@@ -80,7 +98,9 @@ def claim_batch(
     """
     now = utcnow()
     with store.engine.begin() as conn:
-        _expire_dead_local_claims(conn, run_id, method, now)
+        # (a worker with nothing to claim waits in others_work, which always looks)
+        if cursor is None or cursor.look_for_dead():
+            _expire_dead_local_claims(conn, run_id, method, now)
         start = cursor.position if cursor is not None else -1
         keys = {"run_id": run_id, "method": method, "worker": worker, "now": now,
                 "retry_before": retry_failed_before, "total": total, "in_hand": list(in_hand),

@@ -15,8 +15,9 @@ from sqlalchemy import BindParameter, Connection, and_, bindparam, case, func, l
 
 from cobra_eval.store.repository import PLAN, RESULT, RUN_METHOD, Store
 
-#: A tally counts everything again after this many reads: on PostgreSQL a transaction
-#: that commits late can hold an id below one already seen (SQLite's writers take turns).
+#: On PostgreSQL a tally counts everything again after this many reads: a transaction that
+#: commits late can hold an id below one already seen. SQLite's writers take turns, so its
+#: ids appear in order.
 FULL_EVERY = 16
 
 _RUN_ID: BindParameter[str] = bindparam("run_id")
@@ -104,12 +105,13 @@ class ResultTally:
 
     Each read counts the rows added since the previous one. Everything is counted
     again on the first read, when the method's revision changed (rows replaced,
-    merged or rescored: a replaced failure would otherwise count twice) and every
-    FULL_EVERY reads.
+    merged or rescored: a replaced failure would otherwise count twice) and, on
+    PostgreSQL, every FULL_EVERY reads.
     """
 
     def __init__(self, store: Store, run_id: str, method: str, *, limit: int | None = None):
         self.store, self.run_id, self.method, self.limit = store, run_id, method, limit
+        self._full_every = 0 if store.engine.dialect.name == "sqlite" else FULL_EVERY
         self._count = 0
         self._last_id: int | None = None
         self._revision: int | None = None
@@ -120,7 +122,8 @@ class ResultTally:
         total = self.limit if self.limit is not None else 0  # in_plan then unused
         with self.store.reader.connect() as conn, conn.begin():
             since = None
-            if self._last_id is not None and self._reads % FULL_EVERY:
+            due = bool(self._full_every) and self._reads % self._full_every == 0
+            if self._last_id is not None and not due:
                 since = results_since(conn, self.run_id, self.method, self._last_id, total=total)
             if since is not None and since.revision == self._revision:
                 self._count += since.in_plan if self.limit is not None else since.count
