@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.run_memory import InstantBackend
@@ -82,17 +83,19 @@ class LoopClock(SilentReporter):
         self.last = time.perf_counter()
 
 
-def bare_generation(backend: Backend, n: int) -> float:
+def bare_generation(backend: Backend, n: int, params: GenerationParams | None = None) -> float:
     samples = select_samples(load_dataset("demo"), n).samples
     requests = [GenerationRequest(image_path=s.image_path, prompt=PROMPT) for s in samples]
-    params = GenerationParams()
+    params = params or GenerationParams()
     started = time.perf_counter()
     for i in range(0, len(requests), BATCH):
         backend.generate(requests[i : i + BATCH], params)
     return time.perf_counter() - started
 
 
-def one_run(backend: Backend, n: int, folder: Path) -> tuple[float, float]:
+def one_run(
+    backend: Backend, n: int, folder: Path, params: GenerationParams | None = None
+) -> tuple[float, float]:
     """(whole, loop) wall seconds of a --metrics none run of n samples."""
     settings = RunSettings(
         method="baseline",
@@ -101,11 +104,50 @@ def one_run(backend: Backend, n: int, folder: Path) -> tuple[float, float]:
         metrics=parse_metric_list("none"),
         output_dir=folder,
         fresh=True,
+        generation=params or GenerationParams(),
     )
     clock = LoopClock()
     started = time.perf_counter()
     run_evaluation(settings, backend=backend, reporter=clock)
     return time.perf_counter() - started, clock.last - clock.started
+
+
+@dataclass
+class Overhead:
+    """Repeats of bare, run, run, bare: wall seconds, and each repeat's overhead in percent."""
+
+    bare: list[float] = field(default_factory=list)
+    whole: list[float] = field(default_factory=list)
+    loop: list[float] = field(default_factory=list)
+    pairs: list[float] = field(default_factory=list)
+    pairs_whole: list[float] = field(default_factory=list)
+
+    def report(self) -> None:
+        loop, whole = statistics.median(self.pairs), statistics.median(self.pairs_whole)
+        print(f"bare generation: {show(self.bare)}")
+        print(f"run, metrics none, loaded backend: whole {show(self.whole)}; "
+              f"loop {show(self.loop)}")  # fmt: skip
+        print(f"tool overhead of each repeat (bare, run, run, bare): {percents(self.pairs)}")
+        print(f"tool overhead (metrics none vs bare generation): loop {loop:.1f}%, "
+              f"whole {whole:.1f}%")  # fmt: skip
+
+
+def measure_overhead(
+    backend: Backend, n: int, repeats: int, folder: Path, params: GenerationParams | None = None
+) -> Overhead:
+    """The tool's overhead on this backend: runs against the bare loop, ABBA per repeat."""
+    out = Overhead()
+    for k in range(repeats):
+        os.sync()
+        first = bare_generation(backend, n, params)
+        runs = [one_run(backend, n, folder / f"run{k}{j}", params) for j in range(2)]
+        last = bare_generation(backend, n, params)
+        out.bare += [first, last]
+        out.whole += [r[0] for r in runs]
+        out.loop += [r[1] for r in runs]
+        out.pairs.append((sum(r[1] for r in runs) / (first + last) - 1) * 100)
+        out.pairs_whole.append((sum(r[0] for r in runs) / (first + last) - 1) * 100)
+    return out
 
 
 def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
@@ -176,21 +218,9 @@ def main() -> None:
 
     backend = create_backend("hf", BackendOptions(model=str(DEMO_MODEL_DIR)))
     bare_generation(backend, BATCH)  # load the weights before timing
-    bare: list[float] = []
-    whole: list[float] = []
-    loop: list[float] = []
-    pairs, pairs_whole, tool_cpu, busy = [], [], [], []
+    tool_cpu, busy = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for k in range(args.repeats):
-            os.sync()
-            first = bare_generation(backend, n)
-            runs = [one_run(backend, n, Path(tmp) / f"run{k}{j}") for j in range(2)]
-            last = bare_generation(backend, n)
-            bare += [first, last]
-            whole += [r[0] for r in runs]
-            loop += [r[1] for r in runs]
-            pairs.append((sum(r[1] for r in runs) / (first + last) - 1) * 100)
-            pairs_whole.append((sum(r[0] for r in runs) / (first + last) - 1) * 100)
+        overhead = measure_overhead(backend, n, args.repeats, Path(tmp))
         for k in range(args.repeats):
             before = cpu_seconds()
             one_run(InstantBackend(), n, Path(tmp) / f"instant{k}")
@@ -213,16 +243,11 @@ def main() -> None:
         captions = next((Path(tmp) / "cli0none").glob("run_*/baseline/results_baseline.json"))
         scoring = scoring_cpu(captions)
     print(f"{n} demo samples at batch {BATCH}, {args.repeats} repeats (median, min-max)")
-    print(f"bare generation: {show(bare)}")
-    print(f"run, metrics none, loaded backend: whole {show(whole)}; loop {show(loop)}")
-    print(f"tool overhead of each repeat (bare, run, run, bare): {percents(pairs)}")
-    print(
-        f"tool overhead (metrics none vs bare generation): loop "
-        f"{statistics.median(pairs):.1f}%, whole {statistics.median(pairs_whole):.1f}%"
-    )
+    overhead.report()
     cpu = statistics.median(tool_cpu)
     print(f"tool CPU of the same run with an instant backend (no model): {show(tool_cpu)}; "
-          f"{cpu / statistics.median(bare) * 100:.1f}% of the bare generation's time")  # fmt: skip
+          f"{cpu / statistics.median(overhead.bare) * 100:.1f}% of the bare generation's "
+          "time")  # fmt: skip
     print(f"bare generation slowed by a process busy {BUSY_SHARE:.0%} of one core: "
           f"{statistics.median(busy):.1f}% ({percents(busy)})")  # fmt: skip
     none_wall = statistics.median(t[0] for t in cli["none"])

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
+
+from transformers import GenerationConfig, LlavaConfig
 
 from benchmarks.report import TARGETS, parse_log, render
+from benchmarks.scaled_overhead import TOKENS, build_model
+from cobra_eval.backends import BackendOptions, GenerationRequest, create_backend
+from cobra_eval.config import GenerationParams
+from cobra_eval.datasets import load_dataset, select_samples
+from cobra_eval.methods.baseline import PROMPT
 
 LOG = """\
 == python -m benchmarks.store_cost
@@ -46,3 +54,17 @@ def test_each_target_is_read_from_its_line_met_or_not_or_reported_missing() -> N
     memory = next(v for w, v in by_what.items() if w.startswith("memory of a 100,000"))
     assert memory[1:] == ["not measured", "-"]
     assert "`python -m benchmarks.store_cost`" in page and "2026-11-29 12:00" in page
+
+
+def test_the_scaled_benchmark_model_loads_as_any_local_model_with_fixed_length_outputs(
+    tmp_path: Path,
+) -> None:
+    folder = build_model(tmp_path / "model", width=128)
+    backend = create_backend("hf", BackendOptions(model=str(folder)))
+    sample = select_samples(load_dataset("demo"), 2).samples
+    requests = [GenerationRequest(image_path=s.image_path, prompt=PROMPT) for s in sample]
+    outputs = backend.generate(requests, GenerationParams(max_new_tokens=TOKENS))
+    assert len(outputs) == 2 and all(isinstance(o, str) and o for o in outputs)
+    loaded = LlavaConfig.from_pretrained(folder).text_config
+    assert (loaded.hidden_size, loaded.num_hidden_layers) == (128, 4)
+    assert GenerationConfig.from_pretrained(folder).min_new_tokens == TOKENS
