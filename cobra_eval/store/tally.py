@@ -51,12 +51,6 @@ _SINCE = (
     )
 )
 _MINE = and_(RESULT.c.run_id == _RUN_ID, RESULT.c.method == _METHOD)
-_ALL = select(
-    select(func.count()).where(_MINE).scalar_subquery(),
-    # every method's newest id: the rows after it are new (the primary key's maximum is free)
-    select(func.max(RESULT.c.id)).scalar_subquery(),
-    _REVISION,
-)
 #: results of samples among the plan's first total positions
 IN_PLAN = (
     select(func.count())
@@ -68,6 +62,13 @@ IN_PLAN = (
     )
     .where(PLAN.c.run_id == _RUN_ID, PLAN.c.position < bindparam("total"))
 )
+# the count, the newest id of every method (the rows after it are new; the primary key's
+# maximum is free) and the revision, in one statement: one snapshot on PostgreSQL too
+_NEWEST = select(func.max(RESULT.c.id)).scalar_subquery()
+_ALL = {
+    False: select(select(func.count()).where(_MINE).scalar_subquery(), _NEWEST, _REVISION),
+    True: select(IN_PLAN.scalar_subquery(), _NEWEST, _REVISION),
+}
 
 
 @dataclass(frozen=True)
@@ -130,9 +131,7 @@ class ResultTally:
                 self._last_id = since.last_id or self._last_id
             else:
                 keys = {"run_id": self.run_id, "method": self.method, "total": total}
-                count, last_id, revision = conn.execute(_ALL, keys).one()
-                if self.limit is not None:
-                    count = conn.execute(IN_PLAN, keys).scalar_one()
+                count, last_id, revision = conn.execute(_ALL[self.limit is not None], keys).one()
                 self._count, self._last_id, self._revision = count, last_id or 0, revision
         self._reads += 1
         return self._count
