@@ -188,7 +188,7 @@ def _method_choices() -> list[str]:
     metavar="SECONDS",
     help="Workers sharing a run (same --run_id, on any machine) claim samples in batches; a "
     "claim not renewed for this long (its worker crashed) is taken over. A dead worker "
-    "on this machine is taken over at once.",
+    "on this machine is taken over within seconds.",
 )
 @flag(
     "backend",

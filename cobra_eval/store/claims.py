@@ -6,7 +6,9 @@ PostgreSQL run atomically), renews its claims while it generates, and keeps
 them after committing: a finished sample is skipped by every claim query, and a
 claim row that stays put is what stops a slow worker from taking a sample that
 was just committed. A claim whose worker stopped renewing expires and is taken
-over; one whose worker is a dead process on this host is taken over at once.
+over; one whose worker is a dead process on this host is taken over without
+waiting for expiry (looked for at a worker's first claim, then every DEAD_CHECK_S
+and whenever it waits for others).
 """
 
 from __future__ import annotations
