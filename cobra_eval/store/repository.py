@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, case, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, case, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -51,15 +51,24 @@ CORPUS = CorpusMetric.__table__  # type: ignore[attr-defined]
 CACHE = GenerationCache.__table__  # type: ignore[attr-defined]
 # statements a run executes per batch or per checkpoint, built once with bound parameters
 _RECORD_CHECKPOINT = insert(CHECKPOINT)
-_COUNT = select(func.count()).where(
+#: a method's results, ok or failed
+COUNT_RESULTS = select(func.count()).where(
     RESULT.c.run_id == bindparam("run_id"), RESULT.c.method == bindparam("method")
 )
-_COUNT_IN_PLAN = _COUNT.where(
-    RESULT.c.image_id.in_(
-        select(PLAN.c.image_id)
-        .where(PLAN.c.run_id == bindparam("run_id"), PLAN.c.position < bindparam("limit"))
-        .scalar_subquery()
+#: results of samples among the plan's first `total` positions
+COUNT_IN_PLAN = (
+    select(func.count())
+    .select_from(
+        PLAN.join(
+            RESULT,
+            and_(
+                RESULT.c.run_id == PLAN.c.run_id,
+                RESULT.c.image_id == PLAN.c.image_id,
+                RESULT.c.method == bindparam("method"),
+            ),
+        )
     )
+    .where(PLAN.c.run_id == bindparam("run_id"), PLAN.c.position < bindparam("total"))
 )
 _LAST_CHECKPOINT = select(func.coalesce(func.max(CHECKPOINT.c.count), 0)).where(
     CHECKPOINT.c.run_id == bindparam("run_id"),
@@ -413,9 +422,10 @@ class Store:
 
     def count_results(self, run_id: str, method: str, limit: int | None = None) -> int:
         """Samples of a method with a result row (ok or failed), within plan positions < limit."""
-        keys = {"run_id": run_id, "method": method, "limit": limit}
+        keys = {"run_id": run_id, "method": method, "total": limit}
+        query = COUNT_RESULTS if limit is None else COUNT_IN_PLAN
         with self.reader.connect() as conn:
-            return conn.execute(_COUNT if limit is None else _COUNT_IN_PLAN, keys).scalar_one()
+            return conn.execute(query, keys).scalar_one()
 
     def plan_length(self, run_id: str) -> int:
         """How many samples the run's plan holds (every invocation's selection)."""

@@ -51,9 +51,9 @@ from cobra_eval.store.checkpoint_io import (
     dumps,
     loads_exact,
 )
-from cobra_eval.store.repository import PLAN, RESULT, RUN, RUN_METHOD, Store
+from cobra_eval.store.repository import COUNT_IN_PLAN, PLAN, RESULT, RUN, RUN_METHOD, Store
 from cobra_eval.store.scores import latest_corpus_in
-from cobra_eval.store.tally import IN_PLAN, Since, results_since
+from cobra_eval.store.tally import Since, results_since
 
 #: Results read, serialised and written at a time (~0.2 MB of JSON, ~1.5 MB as objects).
 CHUNK_ROWS = 250
@@ -365,7 +365,7 @@ def _head(
     if grown is not None and earlier is not None and earlier.total == total:
         in_plan = earlier.in_plan + grown.in_plan
     else:
-        in_plan = conn.execute(IN_PLAN, {**keys, "total": total}).scalar_one()
+        in_plan = conn.execute(COUNT_IN_PLAN, {**keys, "total": total}).scalar_one()
     corpus = _latest_corpus(conn, run_id, method)
     # only scores of exactly these results: older ones would describe another set
     if corpus is not None and corpus.n_samples != count - failed:

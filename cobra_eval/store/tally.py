@@ -13,7 +13,14 @@ from dataclasses import dataclass
 
 from sqlalchemy import BindParameter, Connection, and_, bindparam, case, func, literal, select
 
-from cobra_eval.store.repository import PLAN, RESULT, RUN_METHOD, Store
+from cobra_eval.store.repository import (
+    COUNT_IN_PLAN,
+    COUNT_RESULTS,
+    PLAN,
+    RESULT,
+    RUN_METHOD,
+    Store,
+)
 
 #: On PostgreSQL a tally counts everything again after this many reads: a transaction that
 #: commits late can hold an id below one already seen. SQLite's writers take turns, so its
@@ -50,24 +57,12 @@ _SINCE = (
         RESULT.c.id > bindparam("last_id"),
     )
 )
-_MINE = and_(RESULT.c.run_id == _RUN_ID, RESULT.c.method == _METHOD)
-#: results of samples among the plan's first total positions
-IN_PLAN = (
-    select(func.count())
-    .select_from(
-        PLAN.join(
-            RESULT,
-            and_(RESULT.c.run_id == PLAN.c.run_id, RESULT.c.image_id == PLAN.c.image_id, _MINE),
-        )
-    )
-    .where(PLAN.c.run_id == _RUN_ID, PLAN.c.position < bindparam("total"))
-)
 # the count, the newest id of every method (the rows after it are new; the primary key's
 # maximum is free) and the revision, in one statement: one snapshot on PostgreSQL too
 _NEWEST = select(func.max(RESULT.c.id)).scalar_subquery()
 _ALL = {
-    False: select(select(func.count()).where(_MINE).scalar_subquery(), _NEWEST, _REVISION),
-    True: select(IN_PLAN.scalar_subquery(), _NEWEST, _REVISION),
+    False: select(COUNT_RESULTS.scalar_subquery(), _NEWEST, _REVISION),
+    True: select(COUNT_IN_PLAN.scalar_subquery(), _NEWEST, _REVISION),
 }
 
 
