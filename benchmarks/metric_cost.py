@@ -12,6 +12,10 @@
    input, and whether the scores are identical; then the split per metric on the
    same tokenized input (pycocoevalcap's scorers against `coco_scorers`), with the
    PTB tokenization time of `score_corpus` for reference.
+4. METEOR's corpus score at a checkpoint of 1,000 and N samples: one ``EVAL`` of
+   the summed statistics (what a run sends) against an ``EVAL`` of every
+   sample's line (what pycocoevalcap sends), and whether the scores are identical.
+   A run parses each sample's line once as it lands; that is not timed here.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 from cobra_eval.metrics import coco_scorers
 from cobra_eval.metrics.corpus import ptb_tokenize, real_coco_captions, score_corpus
+from cobra_eval.metrics.meteor import MeteorProcess, stats_counts
 from cobra_eval.metrics.per_sample import SampleScorer
 
 GROUPS = ("bleu", "rouge", "cider")
@@ -100,6 +105,28 @@ def per_metric(candidates: dict[int, str], references: dict[int, list[str]], rep
         )
 
 
+def meteor_checkpoint(
+    candidates: dict[int, str], references: dict[int, list[str]], repeats: int
+) -> None:
+    res = ptb_tokenize({i: [c] for i, c in candidates.items()})
+    gts = ptb_tokenize(references)
+    with MeteorProcess() as meteor:
+        stats = meteor.stats_many([(res[i][0], gts[i]) for i in candidates])
+        for n in sorted({min(1000, len(stats)), len(stats)}):
+            lines = stats[:n]
+            # a run parses each sample's line once, as it lands (CorpusPart.meteor_counts)
+            counts = [stats_counts(line) for line in lines]
+            every_t, every = timed(lambda lines=lines: meteor.evaluate(lines)[0], repeats)
+            summed_t, summed = timed(
+                lambda lines=lines, counts=counts: meteor.corpus(lines, counts), repeats
+            )
+            print(
+                f"METEOR corpus score at a checkpoint of {n} samples: summed statistics "
+                f"{spread(summed_t, 'ms', 1000)}; EVAL of every line "
+                f"{spread(every_t, 'ms', 1000)}; identical: {summed == every}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=5000)
@@ -146,6 +173,7 @@ def main() -> None:
         f"pycocoevalcap {spread(theirs_t)}; ratio {ratio:.2f}; identical scores: {ours == theirs}"
     )
     per_metric(candidates, references, args.repeats)
+    meteor_checkpoint(candidates, references, args.repeats)
 
 
 if __name__ == "__main__":

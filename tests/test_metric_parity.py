@@ -7,6 +7,8 @@ references) or, for every third image, a reference of a different image.
 
 from __future__ import annotations
 
+import random
+import re
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,31 @@ def test_separators_in_references_and_the_tokenizer_temp_location() -> None:
     )
     # pycocoevalcap's tokenizer writes into site-packages; ours never does
     assert sorted(p.name for p in tokenizer_dir.iterdir()) == before
+
+
+def test_a_checkpoints_corpus_meteor_from_summed_statistics_is_javas_eval_of_every_line(
+    coco,
+) -> None:
+    from cobra_eval.metrics.meteor import MeteorProcess, pooled_line, stats_counts
+
+    candidates, references = coco
+    ids = list(candidates)[:600]
+
+    def words(text: str) -> str:  # tokenized enough for METEOR's line protocol
+        return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+    refs = {i: [words(r) for r in references[i]] for i in ids}
+    pairs = [(words(candidates[i]), refs[i]) for i in ids]
+    # a caption equal to one of its references: one whole chunk, whose chunks EVAL leaves out
+    pairs += [(refs[i][0], refs[i]) for i in ids[:100]]
+    rng = random.Random(0)
+    with MeteorProcess() as meteor:
+        stats = meteor.stats_many(pairs)
+        for n in (1, 2, 17, 350, len(stats)):
+            subset = rng.sample(stats, n)
+            assert pooled_line([stats_counts(line) or b"" for line in subset]) is not None
+            assert meteor.corpus(subset) == meteor.evaluate(subset)[0], n
+        # statistics that are not counts are scored by Java line by line, as before
+        fractional = [stats[0].replace(".0", ".5", 1), *stats[1:50]]
+        assert stats_counts(fractional[0]) is None
+        assert meteor.corpus(fractional) == meteor.evaluate(fractional)[0]

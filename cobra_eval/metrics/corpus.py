@@ -197,4 +197,4 @@ def _meteor(gts: dict[Any, list[str]], res: dict[Any, list[str]]) -> float:
     from cobra_eval.metrics.meteor import MeteorProcess
 
     with MeteorProcess() as meteor:
-        return meteor.evaluate([meteor.stats(res[i][0], gts[i]) for i in gts])[0]
+        return meteor.corpus([meteor.stats(res[i][0], gts[i]) for i in gts])

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Sequence
 from typing import IO
 
+import numpy as np
+
 from cobra_eval.metrics.corpus import pycocoevalcap_dir
 
 #: Seconds one reply of the METEOR JVM may take (its start-up included) before it is killed.
@@ -71,6 +73,21 @@ class MeteorProcess:
             raise MeteorError(f"METEOR answered {replies[-1]!r} instead of a score") from None
         return values[-1], values[:-1]
 
+    def corpus(self, stats: Sequence[str], counts: Sequence[bytes | None] | None = None) -> float:
+        """Corpus METEOR of a set of statistics lines: what ``evaluate`` gives first, faster.
+
+        A checkpoint needs only the corpus score, and an ``EVAL`` of every line
+        costs the JVM time in proportion to the run so far at each checkpoint
+        (about 4 CPU-seconds over a 1,000-sample run's checkpoints). Their
+        exact sum (``pooled_line``) is one line with the same score. counts are
+        the lines' ``stats_counts`` where the caller kept them.
+        """
+        if counts is None:
+            counts = [stats_counts(line) for line in stats]
+        packed = [c for c in counts if c is not None]
+        line = pooled_line(packed) if len(packed) == len(stats) else None
+        return self.evaluate([line] if line is not None else stats)[0]
+
     def _ask(self, line: str, n_replies: int) -> list[str]:
         proc = self._start()
         assert proc.stdin is not None and proc.stdout is not None
@@ -115,6 +132,54 @@ class MeteorProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# testLength, referenceLength, test and reference function words, then for each of 4 stages
+# test and reference content matches, test and reference function-word matches; then
+# chunks, test and reference word matches (the order MeteorStats(String) reads them in)
+_STATS_FIELDS = 23
+_CHUNKS = 20
+
+
+def stats_counts(line: str) -> bytes | None:
+    """A statistics line's 23 counts, one byte each; None unless all are integers 0-255."""
+    try:
+        values = [float(token) for token in line.split()]
+    except ValueError:
+        return None
+    if len(values) != _STATS_FIELDS or not all(0 <= v <= 255 and v.is_integer() for v in values):
+        return None
+    return bytes(int(v) for v in values)
+
+
+def pooled_line(counts: Sequence[bytes]) -> str | None:
+    """One statistics line whose ``EVAL`` score is the corpus score of these lines, or None.
+
+    ``EVAL`` scores the sum of its lines' statistics (``MeteorStats.addStats``):
+    every field is added, except the chunks of a line that matched every word
+    in one chunk. The statistics are counts, summed here as integers by the
+    same rule, so the one line holds exactly the sums Java's double additions
+    reach (every partial sum of non-negative integers below 2**53 is exact),
+    and its score is the same double. None for no lines, or for a sum that the
+    rule would treat differently as one line.
+    """
+    if not counts:
+        return None
+    table = np.frombuffer(b"".join(counts), dtype=np.uint8).reshape(len(counts), _STATS_FIELDS)
+    table = table.astype(np.int64)
+    table[_one_whole_chunk(table), _CHUNKS] = 0
+    totals = table.sum(axis=0, keepdims=True)
+    if _one_whole_chunk(totals)[0]:
+        return None
+    return " ".join(f"{int(total)}.0" for total in totals[0])
+
+
+def _one_whole_chunk(table: np.ndarray) -> np.ndarray:
+    """Per row: whether addStats leaves its chunks out (all words matched, in one chunk)."""
+    all_test = table[:, 4:_CHUNKS:2].sum(axis=1) == table[:, 0]
+    all_reference = table[:, 5:_CHUNKS:2].sum(axis=1) == table[:, 1]
+    whole: np.ndarray = all_test & all_reference & (table[:, _CHUNKS] == 1)
+    return whole
 
 
 def _score_line(hypothesis: str, references: Sequence[str]) -> str:

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from cobra_eval.metrics import coco_scorers
 from cobra_eval.metrics.corpus import METRIC_GROUPS, ptb_tokenize, sanitize
-from cobra_eval.metrics.meteor import MeteorProcess
+from cobra_eval.metrics.meteor import MeteorProcess, stats_counts
 from cobra_eval.metrics.pooling import mean, pooled_bleu
 
 #: Planned images whose references are tokenized per request when counting document frequencies.
@@ -46,13 +46,15 @@ class CorpusPart(NamedTuple):
     """What one sample adds to corpus scores, kept small: a run holds one per sample.
 
     BLEU's (testlen, closest reflen, guess x4, correct x4), METEOR's statistics
-    line, and the ROUGE-L and CIDEr-D values the corpus means are taken over.
+    line (and its counts, summed at each checkpoint), and the ROUGE-L and
+    CIDEr-D values the corpus means are taken over.
     """
 
     bleu: tuple[int, ...] | None
     meteor: str | None
     rouge: float | None
     cider: float | None
+    meteor_counts: bytes | None = None
 
     @classmethod
     def of(cls, score: SampleScore) -> CorpusPart:
@@ -64,8 +66,9 @@ class CorpusPart(NamedTuple):
             if comps
             else None
         )  # fmt: skip
-        return cls(bleu, score.detail.get("meteor"), score.scores.get("ROUGE_L"),
-                   score.scores.get("CIDEr"))  # fmt: skip
+        meteor = score.detail.get("meteor")
+        return cls(bleu, meteor, score.scores.get("ROUGE_L"), score.scores.get("CIDEr"),
+                   stats_counts(meteor) if meteor else None)  # fmt: skip
 
 
 def _bleu_comps(bleu: tuple[int, ...] | None) -> dict[str, Any]:
@@ -217,7 +220,9 @@ class SampleScorer:
             comps = [_bleu_comps(p.bleu) for p in parts]
             out.update(zip(METRIC_GROUPS["bleu"], pooled_bleu(comps), strict=True))
         if "meteor" in self.groups:
-            out["METEOR"] = self.meteor.evaluate([p.meteor or "" for p in parts])[0]
+            out["METEOR"] = self.meteor.corpus(
+                [p.meteor or "" for p in parts], [p.meteor_counts for p in parts]
+            )
         if "rouge" in self.groups:
             out["ROUGE_L"] = mean([p.rouge if p.rouge is not None else 0.0 for p in parts])
         if "cider" in self.groups:
