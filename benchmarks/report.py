@@ -60,7 +60,9 @@ NOTES = """\
   core. The tighter one holds for any overlap: the none run's CPU plus the CPU
   of scoring the same captions alone, over the cores. Both are above 1.15x, so
   no overlap can meet this target with METEOR here. The Java-free row shows the
-  overlap without METEOR (tokenization still runs in a JVM).
+  overlap without METEOR (tokenization still runs in a JVM). A checkpoint's
+  corpus METEOR is one `EVAL` of the samples' summed statistics (metric_cost's
+  last lines: the same score as an `EVAL` of every line, in about a millisecond).
 - **Checkpoint exports as a run makes them** copy the previous checkpoint's
   results and serialise only the new ones (store_cost's "after one of" lines),
   and add the new rows' counts to the previous checkpoint's: what grows with N
