@@ -72,6 +72,22 @@ def test_meteor_runs_and_its_jvm_is_gone_afterwards() -> None:
     assert mine.stdout.strip() == ""
 
 
+def test_meteor_scores_the_same_in_a_jvm_whose_default_locale_writes_decimal_commas(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cobra_eval.metrics.meteor import MeteorProcess
+
+    pairs = [("a dog runs on the grass", ["a dog runs on grass", "a brown dog"])]
+    with MeteorProcess() as meteor:
+        stats = meteor.stats_many(pairs)
+        expected = meteor.evaluate(stats)
+    # as on a machine with a German locale: METEOR 1.5 would fail to read "5.0"
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Duser.language=de -Duser.country=DE")
+    with MeteorProcess() as meteor:
+        assert meteor.stats_many(pairs) == stats
+        assert meteor.evaluate(stats) == expected
+
+
 def test_a_run_prints_and_stores_corpus_metrics(world: World, cli) -> None:
     result = cli(*world.run_args("--num_samples", "8", "--metrics", "bleu,cider,spice"))
     assert result.exit_code == 0, result.output

@@ -108,9 +108,12 @@ class MeteorProcess:
     def _start(self) -> subprocess.Popen[bytes]:
         if self._proc is None or self._proc.poll() is not None:
             folder = pycocoevalcap_dir() / "meteor"
+            # METEOR reads numbers (its own statistics lines) and lowercases words in the
+            # JVM's default locale: under a German one every EVAL fails, under a Turkish
+            # one 'I' lowercases to a dotless i. English, whatever the machine's locale.
             self._proc = subprocess.Popen(
-                ["java", "-jar", "-Xmx2G", "meteor-1.5.jar", "-", "-", "-stdio", "-l", "en",
-                 "-norm"],
+                ["java", "-Duser.language=en", "-Duser.country=US", "-jar", "-Xmx2G",
+                 "meteor-1.5.jar", "-", "-", "-stdio", "-l", "en", "-norm"],
                 cwd=folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
