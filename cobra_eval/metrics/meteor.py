@@ -3,10 +3,12 @@
 pycocoevalcap's ``Meteor`` class scores a set in one call and has no way back
 from a failure (its lock stays held and the process hangs at exit). A run needs
 two separate steps instead: the statistics line of each sample as it lands,
-and an ``EVAL`` over any set of those lines at every checkpoint. The protocol
-lines here are byte-for-byte those of ``pycocoevalcap/meteor/meteor.py``, so
-the scores are the same; every read has a deadline after which the JVM is
-killed, and closing always kills it.
+and a corpus score over any set of those lines at every checkpoint. The
+``SCORE`` and ``EVAL`` lines are built as ``pycocoevalcap/meteor/meteor.py``
+builds them, so the scores are the same; a corpus ``EVAL`` sends the lines'
+exact sum (``pooled_line``) instead of every line, which ``EVAL`` scores to the
+same double. The JVM runs in an English locale whatever the machine's; every
+read has a deadline after which it is killed, and closing always kills it.
 """
 
 from __future__ import annotations
