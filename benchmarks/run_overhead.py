@@ -29,6 +29,9 @@
    bound that holds for any overlap is printed too: the --metrics none run's CPU
    plus the CPU of scoring its captions alone (every metric, a batch at a time as
    a run does, nothing else running), over the cores.
+4. Process exit: the seconds from a demo run's command returning to its process
+   ending, as the CLI leaves it (shutdown skips garbage collection: gc.freeze at
+   exit) and with the freeze taken back, alternating.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ from cobra_eval.progress import SilentReporter
 from cobra_eval.runner import run_evaluation
 
 BATCH = 16
+#: Samples of the runs whose process exit is timed (what is alive at exit, not N, matters).
+EXIT_SAMPLES = 32
 #: The share of one core the second process keeps busy in the contention measurement.
 BUSY_SHARE = 0.15
 # busy for 2 ms in every 2 ms / share, until killed
@@ -177,6 +182,31 @@ def cli_run(n: int, metrics: str, folder: Path) -> tuple[float, float]:
     return time.perf_counter() - started, cpu_seconds(resource.RUSAGE_CHILDREN) - cpu
 
 
+# the CLI's run, then the moment it returned; with thaw, its exit freeze taken back
+_TIMED_EXIT = """
+import atexit, gc, sys, time
+from cobra_eval.cli import main
+sys.argv = ["cobra_eval", *sys.argv[2:]]
+try:
+    main()
+finally:
+    if sys.argv and {thaw}:
+        atexit.unregister(gc.freeze)
+    sys.stderr.write("RETURNED %.6f\\n" % time.time())
+"""
+
+
+def exit_seconds(n: int, folder: Path, *, thaw: bool) -> float:
+    """Seconds from a demo run's command returning (metrics none) to its process's end."""
+    command = [sys.executable, "-c", _TIMED_EXIT.format(thaw=thaw), "cobra_eval", "--method",
+               "baseline", "--num_samples", str(n), "--batch_size", str(BATCH), "--metrics",
+               "none", "--output_dir", str(folder)]  # fmt: skip
+    done = subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)  # fmt: skip
+    ended = time.time()
+    return ended - float(done.stderr.rsplit("RETURNED ", 1)[1].split()[0])
+
+
 def scoring_cpu(results_file: Path) -> float:
     """CPU seconds (a fresh process and its JVMs) to score a results file's captions alone."""
     code = f"from benchmarks.run_overhead import score_file; score_file({str(results_file)!r})"
@@ -242,6 +272,10 @@ def main() -> None:
                 times.append(cli_run(n, metrics, Path(tmp) / f"cli{k}{metrics}"))
         captions = next((Path(tmp) / "cli0none").glob("run_*/baseline/results_baseline.json"))
         scoring = scoring_cpu(captions)
+        exits: dict[bool, list[float]] = {False: [], True: []}
+        for k in range(args.repeats):
+            for thaw, times in exits.items():
+                times.append(exit_seconds(EXIT_SAMPLES, Path(tmp) / f"exit{k}{thaw}", thaw=thaw))
     print(f"{n} demo samples at batch {BATCH}, {args.repeats} repeats (median, min-max)")
     overhead.report()
     cpu = statistics.median(tool_cpu)
@@ -266,6 +300,9 @@ def main() -> None:
           f"{scoring:.1f} s (process and JVMs); with the none run's {none_cpu:.1f} s on {cores} "
           f"cores, every metric takes at least {(none_cpu + scoring) / cores / none_wall:.2f}x "
           "the none run, however it overlaps")  # fmt: skip
+    print(f"process exit after a demo run's command returned ({EXIT_SAMPLES} samples): "
+          f"{show(exits[False])}; with shutdown's garbage collection (no freeze): "
+          f"{show(exits[True])}")  # fmt: skip
 
 
 if __name__ == "__main__":

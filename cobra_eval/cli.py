@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import re
 import sys
@@ -67,6 +69,12 @@ class _DefaultToRun(click.Group):
 @click.version_option(__version__, prog_name="cobra_eval")
 def main() -> None:
     """cobra_eval: evaluate VLM captioning methods without ever losing work."""
+    # Interpreter shutdown runs full garbage collections over every object alive, and
+    # with transformers and a model loaded that took over a second after every run.
+    # Frozen objects are skipped; everything a command writes is committed and closed by
+    # then. (unregister first: in-process callers such as tests invoke main many times)
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
 
 
 def _run_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:

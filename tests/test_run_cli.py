@@ -279,6 +279,37 @@ def test_real_process_run_and_no_heavy_imports_for_help(world: World) -> None:
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.sqlite_only
+def test_a_run_process_skips_shutdown_garbage_collection_and_still_leaves_everything(
+    world: World,
+) -> None:
+    # Shutdown's full collections over transformers and the model took over a second
+    # after every run (benchmarks.run_overhead measures it). A hook registered before
+    # main runs after main's own (atexit is last in, first out) and sees the freeze.
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, subprocess_env
+
+    code = (
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0))\n"
+        "from cobra_eval.cli import main\n"
+        "sys.argv = ['cobra_eval', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *world.run_args("--num_samples", "3")],
+        capture_output=True, text=True, timeout=120, env=subprocess_env(), cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith("frozen at exit: True")
+    assert processed_numbers(done.stdout) == [1, 2, 3]
+    final = world.method_dir(world.only_run_id(), "baseline") / "results_baseline.json"
+    assert len(load_json(final)["results"]) == 3
+    assert world.rows("SELECT COUNT(*) FROM sample_result") == [(3,)]
+
+
 def test_read_commands_never_create_a_database(tmp_path, cli) -> None:
     for args in (["runs"], ["export", "some_run"]):
         result = cli(*args, "--output_dir", str(tmp_path / "nothing_here"))
