@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
-import gc
 import json
 import re
 import sys
@@ -15,6 +13,7 @@ import click
 
 from cobra_eval import __version__
 from cobra_eval.errors import CobraEvalError
+from cobra_eval.process_exit import freeze_heap_at_exit
 
 F = TypeVar("F", bound=Callable[..., Any])
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -69,12 +68,7 @@ class _DefaultToRun(click.Group):
 @click.version_option(__version__, prog_name="cobra_eval")
 def main() -> None:
     """cobra_eval: evaluate VLM captioning methods without ever losing work."""
-    # Interpreter shutdown runs full garbage collections over every object alive, and
-    # with transformers and a model loaded that took over a second after every run.
-    # Frozen objects are skipped; everything a command writes is committed and closed by
-    # then. (unregister first: in-process callers such as tests invoke main many times)
-    atexit.unregister(gc.freeze)
-    atexit.register(gc.freeze)
+    freeze_heap_at_exit()
 
 
 def _run_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:

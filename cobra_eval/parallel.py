@@ -25,6 +25,7 @@ from typing import Any
 
 from cobra_eval.config import RunSettings
 from cobra_eval.errors import CobraEvalError, ConfigError
+from cobra_eval.process_exit import freeze_heap_at_exit
 from cobra_eval.progress import clock
 
 #: Seconds between looks at the database for progress.
@@ -276,4 +277,5 @@ def _worker_main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
+    freeze_heap_at_exit()
     sys.exit(_worker_main(sys.argv[1:]))
