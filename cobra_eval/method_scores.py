@@ -15,6 +15,7 @@ from cobra_eval.datasets import Sample
 from cobra_eval.methods import Method, PassOutput
 from cobra_eval.metrics import METRIC_GROUPS, CorpusScores, score_corpus
 from cobra_eval.metrics.corpus import spice_unavailable_reason
+from cobra_eval.metrics.meteor import MeteorProcess
 from cobra_eval.metrics.per_sample import (
     CorpusPart,
     DocumentFrequency,
@@ -265,18 +266,22 @@ class MethodScores:
 
 
 def open_scorer(
-    store: Store, run_id: str, selected: Sequence[Sample], metrics: Sequence[str]
+    store: Store,
+    run_id: str,
+    selected: Sequence[Sample],
+    metrics: Sequence[str],
+    meteor: MeteorProcess | None = None,
 ) -> SampleScorer:
     """A scorer whose CIDEr-D document frequencies are those stored for this planned set.
 
     The first invocation that plans the set computes and stores them; later ones
     (resume, other workers) read them back, so every sample of the set is scored
-    against the same frequencies.
+    against the same frequencies. meteor: as SampleScorer's.
     """
     references = {s.image_id: s.references for s in selected if s.references}
     stored = stored_document_frequency(store, run_id, len(references))
     known = DocumentFrequency.from_bytes(stored) if stored is not None else None
-    scorer = SampleScorer(references, metrics, document_frequency=known)
+    scorer = SampleScorer(references, metrics, document_frequency=known, meteor=meteor)
     df = scorer.document_frequency
     if known is None and df is not None:
         save_document_frequency(

@@ -26,7 +26,8 @@ from cobra_eval.method_scores import MethodScores, open_scorer
 from cobra_eval.methods import Method, PassOutput, resolve_methods
 from cobra_eval.methods.prompts import load_prompts_file
 from cobra_eval.metrics import CorpusScores
-from cobra_eval.metrics.per_sample import SampleScore, SampleScorer
+from cobra_eval.metrics.meteor import MeteorProcess
+from cobra_eval.metrics.per_sample import SampleScore, SampleScorer, start_meteor
 from cobra_eval.progress import Reporter, SilentReporter
 from cobra_eval.resume import resolve_run
 from cobra_eval.store import Store, resolve_url
@@ -119,6 +120,23 @@ def run_evaluation(
         prompts=load_prompts_file(settings.prompts),
         options={"llava_cot": {"use_format_instruction": settings.llava_cot_instruction}},
     )
+    # METEOR's JVM loads its paraphrase table for seconds, mostly on one core; started
+    # now, it loads while the run opens and the model loads, which leave a core idle
+    meteor = start_meteor(settings.metrics)
+    try:
+        return _open_and_run(settings, methods, meteor, reporter, backend, on_run)
+    finally:
+        meteor.close()
+
+
+def _open_and_run(
+    settings: RunSettings,
+    methods: Sequence[Method],
+    meteor: MeteorProcess,
+    reporter: Reporter,
+    backend: Backend | None,
+    on_run: Callable[[str], None] | None,
+) -> RunSummary:
     dataset = load_dataset(settings.dataset, settings.images, settings.split)
     chosen = select_samples(
         dataset, settings.num_samples, seed=settings.sample_seed, skip_missing=settings.skip_missing
@@ -150,7 +168,7 @@ def run_evaluation(
         with Store.open(url, durability=settings.durability) as store:
             return _run_in_store(
                 store, settings, methods, selected, record, backend, run_cfg, method_cfgs,
-                reporter, on_run,
+                meteor, reporter, on_run,
             )  # fmt: skip
     except OperationalError as exc:
         raise StoreError(database_error_message(exc, url)) from None
@@ -165,6 +183,7 @@ def _run_in_store(
     backend: Backend,
     run_cfg: dict[str, Any],
     method_cfgs: dict[str, dict[str, Any]],
+    meteor: MeteorProcess,
     reporter: Reporter,
     on_run: Callable[[str], None] | None,
 ) -> RunSummary:
@@ -173,11 +192,12 @@ def _run_in_store(
         on_run(run.id)
     store.ensure_plan(run.id, [s.image_id for s in selected])
     generator = CachedGenerator(backend, store, run_cfg["model"], enabled=settings.cache)
-    scorer = open_scorer(store, run.id, selected, settings.metrics)
+    scorer = open_scorer(store, run.id, selected, settings.metrics, meteor)
     total = len(selected)
-    if any(store.count_results(run.id, m.name, limit=total) < total for m in methods):
-        # the METEOR JVM loads while the model does: ready when the first batch lands
-        scorer.warm_up()
+    if all(store.count_results(run.id, m.name, limit=total) >= total for m in methods):
+        # nothing to score as samples land: the JVM started early is not needed (a
+        # final corpus score that needs METEOR starts it again)
+        scorer.close()
     summaries = []
     try:
         for method in methods:

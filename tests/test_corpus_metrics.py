@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 import pytest
 
+from cobra_eval.backends import BackendOptions
+from cobra_eval.errors import BackendError
 from cobra_eval.metrics import score_corpus
 from tests.conftest import World
+from tests.stand_in import EchoBackend
 
 pytestmark = pytest.mark.databases
 
@@ -60,16 +64,51 @@ def test_spice_is_reported_unavailable_not_crashed() -> None:
 
 @pytest.mark.slow
 def test_meteor_runs_and_its_jvm_is_gone_afterwards() -> None:
+    out = score_corpus(CANDIDATES, REFERENCES, ("meteor",))
+    assert 0.3 < out.scores["METEOR"] < 1.0
+    assert meteor_jvms() == []
+
+
+def meteor_jvms() -> list[str]:
+    """This process's METEOR JVMs (other processes' do not count)."""
     import os
     import subprocess
 
-    out = score_corpus(CANDIDATES, REFERENCES, ("meteor",))
-    assert 0.3 < out.scores["METEOR"] < 1.0
-    # no METEOR JVM of ours is left (other processes' JVMs do not count)
-    mine = subprocess.run(
+    found = subprocess.run(
         ["pgrep", "-P", str(os.getpid()), "-f", "meteor-1.5.jar"], capture_output=True, text=True
     )
-    assert mine.stdout.strip() == ""
+    return found.stdout.split()
+
+
+class MeteorWitness(EchoBackend):
+    """The stand-in backend, noting at its creation whether METEOR's JVM is loading."""
+
+    seen: ClassVar[list[bool]] = []
+
+    def __init__(self, options: BackendOptions):
+        MeteorWitness.seen.append(bool(meteor_jvms()))
+        if options.model == "broken":
+            raise BackendError("the model cannot be loaded")
+        super().__init__(options)
+
+
+@pytest.mark.slow
+@pytest.mark.sqlite_only
+def test_meteors_jvm_loads_while_the_model_does_and_is_gone_after_a_run_or_an_error(
+    world: World, cli
+) -> None:
+    MeteorWitness.seen.clear()
+    witness = ["--backend", f"{__name__}:MeteorWitness", "--metrics", "meteor"]
+    done = cli(*world.run_args("--num_samples", "3", *witness))
+    assert done.exit_code == 0, done.output
+    # it was loading before the backend (and so the model) was even created
+    assert MeteorWitness.seen == [True]
+    assert len(world.rows("SELECT value FROM corpus_metric WHERE metric = 'METEOR'")) >= 1
+    assert meteor_jvms() == []
+    failed = cli(*world.run_args("--num_samples", "3", *witness, "--model", "broken", "--fresh"))
+    assert failed.exit_code == 1 and "the model cannot be loaded" in failed.output
+    assert MeteorWitness.seen == [True, True]
+    assert meteor_jvms() == []  # the JVM started for the failed run is stopped too
 
 
 def test_meteor_scores_the_same_in_a_jvm_whose_default_locale_writes_decimal_commas(

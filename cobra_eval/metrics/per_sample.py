@@ -103,6 +103,15 @@ class DocumentFrequency:
         return cls(int(loaded["n_images"]), counts)
 
 
+def start_meteor(metrics: Sequence[str]) -> MeteorProcess:
+    """A METEOR process for a scorer of these metrics, its JVM loading already if they ask
+    for METEOR (and Java is here)."""
+    meteor = MeteorProcess()
+    if "meteor" in metrics and shutil.which("java") is not None:
+        meteor.warm_up()
+    return meteor
+
+
 class SampleScorer:
     """Scores (image, caption) pairs against the planned samples' references."""
 
@@ -112,13 +121,15 @@ class SampleScorer:
         metrics: Sequence[str],
         *,
         document_frequency: DocumentFrequency | None = None,
+        meteor: MeteorProcess | None = None,
     ):
+        """meteor: a METEOR process to use (one start_meteor may have started already)."""
         self.groups = [g for g in metrics if g in PER_SAMPLE_GROUPS]
         self.available = bool(self.groups) and shutil.which("java") is not None
         # raw references, tokenized with each batch's captions: holding every planned
         # image's tokenized references would cost ~80 MB at 100k images
         self.references: dict[int, list[str]] = {}
-        self.meteor = MeteorProcess()
+        self.meteor = meteor or MeteorProcess()
         self.document_frequency: DocumentFrequency | None = None
         self._cider: coco_scorers.CiderD | None = None
         if not self.available:
