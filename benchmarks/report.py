@@ -60,9 +60,17 @@ NOTES = """\
   core. The tighter one holds for any overlap: the none run's CPU plus the CPU
   of scoring the same captions alone, over the cores. Both are above 1.15x, so
   no overlap can meet this target with METEOR here. The Java-free row shows the
-  overlap without METEOR (tokenization still runs in a JVM). A checkpoint's
-  corpus METEOR is one `EVAL` of the samples' summed statistics (metric_cost's
-  last lines: the same score as an `EVAL` of every line, in about a millisecond).
+  overlap without METEOR (tokenization still runs in a JVM). METEOR's JVM starts
+  as the run begins, so most of its loading overlaps the run's first seconds
+  (opening the database, importing torch and transformers, loading the model),
+  which keep only one core busy. A checkpoint's corpus METEOR is one `EVAL` of
+  the samples' summed statistics (metric_cost's last lines: the same score as an
+  `EVAL` of every line, in about a millisecond).
+- **Process exit** is the time from a run's command returning to its process
+  ending. Interpreter shutdown would run full garbage collections over every
+  object alive (transformers' modules and the model); the CLI freezes the heap
+  at exit so that they are skipped (run_overhead's last line, with and without).
+  Both shell runs of the ratio above include it.
 - **Checkpoint exports as a run makes them** copy the previous checkpoint's
   results and serialise only the new ones (store_cost's "after one of" lines),
   and add the new rows' counts to the previous checkpoint's: what grows with N
