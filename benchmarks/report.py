@@ -79,7 +79,12 @@ NOTES = """\
   process's before the run, with an instant in-process backend: the dataset's
   samples and references (which scoring needs, tokenized a batch at a time) and
   each scored sample's corpus statistics grow with N; the checkpoint export
-  streams and keeps nothing.
+  streams and keeps nothing. The JVMs the run starts are processes of their own
+  and not in the figure: run_memory's last line gives the largest one's peak
+  (the tokenizer's, whose heap the JVM lets grow toward its default maximum, a
+  quarter of the machine's memory; METEOR's, about 1.3 GB, when it is on).
+  Counted with the run's process, the tokenizer's JVM alone takes the total
+  past 300 MB.
 - No GPU was lent to this task: the real-scale section (a LLaVA-1.5-7B-shaped
   model on a GPU) has no figures.
 """

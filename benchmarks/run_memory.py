@@ -9,13 +9,15 @@ cache, commits, checkpoint snapshots (default interval 10, thinned as the run
 grows), the final results file, and by default per-sample BLEU, ROUGE-L and
 CIDEr-D (METEOR's memory is its own JVM's). Reported: peak resident memory
 (VmHWM) minus the resident memory before the run, the run's wall time, and the
-snapshots it wrote.
+snapshots it wrote; and, apart, the peak resident memory of the largest process
+the run started and stopped (the tokenizer's JVM, or METEOR's when it is on).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import tempfile
 import time
 from collections.abc import Sequence
@@ -97,6 +99,9 @@ def main() -> None:
             f"checkpoint snapshots written: {len(method.checkpoints)}; "
             f"final file {size / 1e6:.0f} MB"
         )
+        # Linux: the largest waited-for child's peak, in KiB (the run stops its JVMs)
+        child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        print(f"largest child process of the run (a JVM), apart: peak {child / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":
