@@ -55,7 +55,7 @@ from cobra_eval.datasets import load_dataset, select_samples
 from cobra_eval.demo import DEMO_MODEL_DIR
 from cobra_eval.methods.baseline import PROMPT
 from cobra_eval.metrics import parse_metric_list
-from cobra_eval.metrics.per_sample import SampleScorer
+from cobra_eval.metrics.per_sample import SampleScorer, start_meteor
 from cobra_eval.progress import SilentReporter
 from cobra_eval.runner import run_evaluation
 
@@ -218,11 +218,12 @@ def scoring_cpu(results_file: Path) -> float:
 def score_file(path: str) -> None:
     """Score a results file's captions with every metric, a batch at a time, as a run does."""
     results = json.loads(Path(path).read_text())["results"]
+    metrics = parse_metric_list("bleu,meteor,rouge,cider")
     scorer = SampleScorer(
         {r["image_id"]: r["reference_captions"] for r in results},
-        parse_metric_list("bleu,meteor,rouge,cider"),
+        metrics,
+        meteor=start_meteor(metrics),
     )
-    scorer.warm_up()
     scores = []
     for i in range(0, len(results), BATCH):
         batch = results[i : i + BATCH]

@@ -240,11 +240,6 @@ class SampleScorer:
             out["CIDEr"] = mean([p.cider if p.cider is not None else 0.0 for p in parts])
         return out
 
-    def warm_up(self) -> None:
-        """Start the METEOR JVM in the background, if METEOR is asked for."""
-        if self.available and "meteor" in self.groups:
-            self.meteor.warm_up()
-
     def close(self) -> None:
         """Stop the METEOR JVM, if one was started."""
         self.meteor.close()
