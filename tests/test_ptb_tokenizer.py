@@ -191,6 +191,43 @@ def test_a_reply_past_the_deadline_kills_the_server(batches: list[tuple[list[str
     assert ptb.server_pid(JAR) != pid
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_the_servers_memory_stays_small_over_a_long_runs_requests(
+    batches: list[tuple[list[str], str]],
+) -> None:
+    # a 100k-image plan's references go in chunks of 20,000 lines, then a run's batches
+    chunk = coco_lines(20_000)
+    want = per_call(chunk)
+    for _ in range(3):
+        assert served(chunk) == want
+    for lines, expected in batches * 20:
+        assert served(lines) == expected
+    pid = ptb.server_pid(JAR)
+    status = Path(f"/proc/{pid}/status").read_text()
+    peak_mib = int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM")).split()[1])
+    peak_mib //= 1024
+    # with the JVM's default heap (a quarter of the machine's memory) this passes 300 MiB
+    assert peak_mib < 200, f"the tokenizer JVM peaked at {peak_mib} MiB"
+
+
+def test_a_request_too_large_for_the_servers_heap_goes_through_one_jvm(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    small = tuple("-Xmx12m" if o.startswith("-Xmx") else o for o in ptb.SERVER_JVM_OPTIONS)
+    monkeypatch.setattr(ptb, "SERVER_JVM_OPTIONS", small)
+    served(["warm up"])
+    pid = ptb.server_pid(JAR)
+    lines = [line + " and " + line for line in coco_lines(40_000)]
+    with caplog.at_level(logging.WARNING, logger=ptb.__name__):
+        got = ptb.tokenize_text("\n".join(lines), JAR, TOKENIZER_TIMEOUT_S)
+    assert got == per_call(lines)
+    assert "OutOfMemoryError" in caplog.text
+    assert "tokenizing this request with one JVM instead" in caplog.text
+    # the server survived its failed request and serves the next one
+    assert served(["A cat."]) == per_call(["A cat."])
+    assert ptb.server_pid(JAR) == pid
+
+
 def test_without_javac_it_tokenizes_with_one_jvm_per_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
