@@ -79,12 +79,12 @@ NOTES = """\
   process's before the run, with an instant in-process backend: the dataset's
   samples and references (which scoring needs, tokenized a batch at a time) and
   each scored sample's corpus statistics grow with N; the checkpoint export
-  streams and keeps nothing. The JVMs the run starts are processes of their own
-  and not in the figure: run_memory's last line gives the largest one's peak
-  (the tokenizer's, whose heap the JVM lets grow toward its default maximum, a
-  quarter of the machine's memory; METEOR's, about 1.3 GB, when it is on).
-  Counted with the run's process, the tokenizer's JVM alone takes the total
-  past 300 MB.
+  streams and keeps nothing. The JVMs the run starts are processes of their own:
+  the next row adds the largest one's own peak (the tokenizer's, read from /proc
+  while it runs). Its heap is capped at 128 MB (the JVM's default maximum, a
+  quarter of the machine's memory, let it reach about 300 MiB in this run), and
+  counted with it the run is still over 300 MB. METEOR's JVM, when it is on,
+  holds about 1.3 GB (pycocoevalcap runs it with a 2 GB heap).
 - No GPU was lent to this task: the real-scale section (a LLaVA-1.5-7B-shaped
   model on a GPU) has no figures.
 """
@@ -154,6 +154,9 @@ TARGETS = [
     Target("memory of a 100,000-sample run beyond the model (BLEU, ROUGE-L, CIDEr-D on)",
            "run_memory",
            r"-> (?P<shown>[0-9]+) MiB for the run", "<= 300 MB",
+           lambda x: x * 1.048576 <= 300, " MiB"),
+    Target("the same counting the largest process it starts (the tokenizer's JVM)",
+           "run_memory", r"with the run's, (?P<shown>[0-9]+) MiB", "<= 300 MB",
            lambda x: x * 1.048576 <= 300, " MiB"),
 ]  # fmt: skip
 

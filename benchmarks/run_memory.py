@@ -9,16 +9,19 @@ cache, commits, checkpoint snapshots (default interval 10, thinned as the run
 grows), the final results file, and by default per-sample BLEU, ROUGE-L and
 CIDEr-D (METEOR's memory is its own JVM's). Reported: peak resident memory
 (VmHWM) minus the resident memory before the run, the run's wall time, and the
-snapshots it wrote; and, apart, the peak resident memory of the largest process
-the run started and stopped (the tokenizer's JVM, or METEOR's when it is on).
+snapshots it wrote; and, apart, the peak resident memory of each process the run
+started (the tokenizer's JVM, and METEOR's when it is on), read from /proc while
+they live: ``getrusage(RUSAGE_CHILDREN)`` is no measure of a JVM's, because a
+child started with vfork() is charged the parent's peak when it execs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +52,49 @@ def status_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+class ChildPeaks:
+    """Peak resident memory of each process this one starts, polled from /proc meanwhile."""
+
+    def __init__(self, every_s: float = 0.05):
+        self.every_s = every_s
+        #: pid -> (command, peak KiB)
+        self.peaks: dict[int, tuple[str, int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> ChildPeaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _poll(self) -> None:
+        me = str(os.getpid())
+        while not self._stop.wait(self.every_s):
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    stat = Path(f"/proc/{pid}/stat").read_text()
+                    # the command (in parentheses) may hold spaces: ppid follows its ")"
+                    if stat.rsplit(")", 1)[1].split()[1] != me:
+                        continue
+                    status = Path(f"/proc/{pid}/status").read_text()
+                    command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                except (OSError, IndexError):
+                    continue  # ended meanwhile
+                peak = next((int(line.split()[1]) for line in status.splitlines()
+                             if line.startswith("VmHWM:")), 0)  # fmt: skip
+                name = " ".join(c.decode(errors="replace") for c in command if c)
+                # an exited child not yet waited for has no command line left
+                known, high = self.peaks.get(int(pid), ("", 0))
+                self.peaks[int(pid)] = (name or known, max(peak, high))
+
+    def largest(self) -> tuple[str, int] | None:
+        """(command, peak KiB) of the child with the highest peak, if any was seen."""
+        return max(self.peaks.values(), key=lambda item: item[1], default=None)
 
 
 def make_dataset(folder: Path, n: int) -> Path:
@@ -83,7 +129,8 @@ def main() -> None:
         )
         before = status_kib("VmRSS")
         started = time.perf_counter()
-        summary = run_evaluation(settings, backend=InstantBackend())
+        with ChildPeaks() as children:
+            summary = run_evaluation(settings, backend=InstantBackend())
         wall = time.perf_counter() - started
         peak = status_kib("VmHWM")
         method = summary.methods[0]
@@ -99,9 +146,13 @@ def main() -> None:
             f"checkpoint snapshots written: {len(method.checkpoints)}; "
             f"final file {size / 1e6:.0f} MB"
         )
-        # Linux: the largest waited-for child's peak, in KiB (the run stops its JVMs)
-        child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        print(f"largest child process of the run (a JVM), apart: peak {child / 1024:.0f} MiB")
+        largest = children.largest()
+        if largest is not None:
+            command, child = largest
+            what = ("the tokenizer's JVM" if "PtbServer" in command
+                    else "METEOR's JVM" if "meteor" in command else command or "?")  # fmt: skip
+            print(f"largest process the run started ({what}), apart: peak {child / 1024:.0f} MiB;"
+                  f" with the run's, {(peak - before + child) / 1024:.0f} MiB")  # fmt: skip
 
 
 if __name__ == "__main__":
