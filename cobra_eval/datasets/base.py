@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-@dataclass(frozen=True)
+# slots: a run holds one per planned sample (100 bytes each fewer at 100,000 of them)
+@dataclass(frozen=True, slots=True)
 class Sample:
     """One image and its reference captions (none when the annotations have none)."""
 

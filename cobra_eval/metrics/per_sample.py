@@ -127,14 +127,15 @@ class SampleScorer:
         self.groups = [g for g in metrics if g in PER_SAMPLE_GROUPS]
         self.available = bool(self.groups) and shutil.which("java") is not None
         # raw references, tokenized with each batch's captions: holding every planned
-        # image's tokenized references would cost ~80 MB at 100k images
-        self.references: dict[int, list[str]] = {}
+        # image's tokenized references would cost ~80 MB at 100k images (and the raw
+        # ones are the samples' own, not copies)
+        self.references: dict[int, Sequence[str]] = {}
         self.meteor = meteor or MeteorProcess()
         self.document_frequency: DocumentFrequency | None = None
         self._cider: coco_scorers.CiderD | None = None
         if not self.available:
             return
-        self.references = {i: list(r) for i, r in references.items() if r}
+        self.references = {i: r for i, r in references.items() if r}
         if "cider" in self.groups:
             if document_frequency is None:
                 counts = coco_scorers.document_frequency(self._cooked_references())
@@ -164,7 +165,7 @@ class SampleScorer:
             return [SampleScore() for _ in items]
         scorable = [k for k, (image_id, _) in enumerate(items) if image_id in self.references]
         # captions and their references in one tokenizer call (-preserveLines: each line alone)
-        request: dict[tuple[str, int], list[str]] = {
+        request: dict[tuple[str, int], Sequence[str]] = {
             ("caption", k): [sanitize(text)] for k, (_, text) in enumerate(items)
         }
         request.update({("refs", k): self.references[items[k][0]] for k in scorable})
