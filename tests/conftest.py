@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -199,6 +200,15 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.pop("COBRA_EVAL_DB", None)
     env.update(extra)
     return env
+
+
+def as_foreground() -> None:
+    """preexec_fn for a process a test sends Ctrl-C (SIGINT): as a terminal's foreground job has it.
+
+    A shell starts background jobs (``make test &``) with SIGINT ignored, and children
+    inherit that: such a test would wait for a Ctrl-C that cannot arrive.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_cli_process(

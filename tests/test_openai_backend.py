@@ -216,7 +216,7 @@ def test_ctrl_c_while_the_server_is_slow_stops_at_once(world: World, server: Cha
     import sys
     import time
 
-    from tests.conftest import REPO, subprocess_env
+    from tests.conftest import REPO, as_foreground, subprocess_env
 
     server.script(*[Step(sleep=60)] * 8)
     args = world.run_args(
@@ -227,6 +227,7 @@ def test_ctrl_c_while_the_server_is_slow_stops_at_once(world: World, server: Cha
     proc = subprocess.Popen(
         [sys.executable, "-m", "cobra_eval", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
+        preexec_fn=as_foreground,
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while server.in_flight < 4 and time.monotonic() < deadline and proc.poll() is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, World, load_json, run_cli_process, subprocess_env
+from tests.conftest import REPO, World, as_foreground, load_json, run_cli_process, subprocess_env
 from tests.stand_in import DELAY_ENV
 
 pytestmark = pytest.mark.databases
@@ -64,7 +64,8 @@ def test_ctrl_c_stops_every_worker_and_a_resume_finishes(world: World) -> None:
                           "--run_id", "p")  # fmt: skip
     parent = subprocess.Popen([sys.executable, "-m", "cobra_eval", *args], cwd=REPO,
                               env=subprocess_env(**{DELAY_ENV: "0.5"}), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+                              stderr=subprocess.PIPE, text=True,
+                              preexec_fn=as_foreground)  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         done = world.rows("SELECT COUNT(*) FROM sample_result")[0][0] if world.has_table(

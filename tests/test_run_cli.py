@@ -323,13 +323,13 @@ def test_ctrl_c_keeps_every_committed_sample_and_says_how_to_continue(world: Wor
     import subprocess
     import sys
 
-    from tests.conftest import REPO, subprocess_env
+    from tests.conftest import REPO, as_foreground, subprocess_env
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "cobra_eval", *world.run_args("--num_samples", "30",
                                                              "--batch_size", "2")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-        env=subprocess_env(COBRA_TEST_DELAY="0.2"),
+        env=subprocess_env(COBRA_TEST_DELAY="0.2"), preexec_fn=as_foreground,
     )  # fmt: skip
     assert proc.stdout is not None
     seen = []
