@@ -84,7 +84,7 @@ NOTES = """\
   while it runs). Its heap is capped at 128 MB (the JVM's default maximum, a
   quarter of the machine's memory, let it reach about 300 MiB in this run), and
   counted with it the run is still over 300 MB. METEOR's JVM, when it is on,
-  holds about 1.3 GB (pycocoevalcap runs it with a 2 GB heap).
+  holds 1.1-1.3 GB (pycocoevalcap runs it with a 2 GB heap).
 - No GPU was lent to this task: the real-scale section (a LLaVA-1.5-7B-shaped
   model on a GPU) has no figures.
 """
