@@ -22,6 +22,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from cobra_eval.metrics import coco_scorers
 from cobra_eval.metrics.corpus import METRIC_GROUPS, ptb_tokenize, sanitize
 from cobra_eval.metrics.meteor import MeteorProcess, stats_counts
@@ -77,6 +79,19 @@ def _bleu_comps(bleu: tuple[int, ...] | None) -> dict[str, Any]:
     n = (len(bleu) - 2) // 2
     return {"testlen": bleu[0], "reflen": bleu[1], "guess": bleu[2 : 2 + n],
             "correct": bleu[2 + n :]}  # fmt: skip
+
+
+def _bleu_totals(parts: Sequence[CorpusPart]) -> dict[str, Any]:
+    """The parts' BLEU statistics summed, as one image's: pooled_bleu's sums, made by numpy.
+
+    Counts are integers, so the sums are exact and pooled_bleu of the one total
+    is pooled_bleu of the parts (a checkpoint of a 100,000-sample run pools in
+    tens of milliseconds instead of hundreds).
+    """
+    if any(p.bleu is None for p in parts):
+        raise ValueError("a sample without BLEU statistics cannot be pooled")
+    totals = np.array([p.bleu for p in parts], dtype=np.int64).sum(axis=0)
+    return _bleu_comps(tuple(totals.tolist()))
 
 
 @dataclass(frozen=True)
@@ -229,8 +244,7 @@ class SampleScorer:
         parts = [s if isinstance(s, CorpusPart) else CorpusPart.of(s) for s in samples]
         out: dict[str, float] = {}
         if "bleu" in self.groups:
-            comps = [_bleu_comps(p.bleu) for p in parts]
-            out.update(zip(METRIC_GROUPS["bleu"], pooled_bleu(comps), strict=True))
+            out.update(zip(METRIC_GROUPS["bleu"], pooled_bleu([_bleu_totals(parts)]), strict=True))
         if "meteor" in self.groups:
             out["METEOR"] = self.meteor.corpus(
                 [p.meteor or "" for p in parts], [p.meteor_counts for p in parts]
