@@ -411,7 +411,9 @@ class _MethodLoop:
     def _committed(self, item: CommitItem, inserted: bool, summary: MethodSummary) -> None:
         result = item.result
         name = self.method.name
-        if item.scoring is not None:
+        # not inserted: another worker's row is the sample's, and its scores come with it
+        # (add_others); this worker's caption was not stored and is not in the corpus
+        if item.scoring is not None and inserted:
             scores = {key: value for key, value in result.metrics.items() if value is not None}
             self.scores.add(result.image_id, SampleScore(scores, dict(item.scoring)))
         if result.status == "failed":

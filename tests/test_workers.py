@@ -3,6 +3,7 @@ nothing is generated twice while claimed, nothing is committed twice, nothing is
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from sqlalchemy import update
 
 from cobra_eval.datasets import Sample, load_dataset, select_samples
 from cobra_eval.metrics.per_sample import SampleScorer
+from cobra_eval.metrics.pooling import pooled_bleu
 from cobra_eval.store import Store, resolve_url
 from cobra_eval.store.checkpoint_io import ResultRecord
 from cobra_eval.store.claims import DEAD_CHECK_S, ClaimCursor, claim_batch
@@ -235,6 +237,57 @@ def test_corpus_scores_count_a_sample_another_worker_committed_late(
     # every committed sample is in the final corpus scores, however late it was committed
     final = load_json(folder / "results_baseline.json")
     assert final["corpus_metrics"]["n_samples"] == 8
+
+
+class RacedCommitBackend(EchoBackend):
+    """Echo, but while it generates one sample "another worker" commits that sample first
+    (a claim that expired under a stalled worker, then was taken over), with another caption."""
+
+    #: (database URL, run id, sample) set by the test
+    raced: tuple[str, str, Sample] | None = None
+
+    def generate(self, requests: Any, params: Any) -> list[str]:
+        raced = RacedCommitBackend.raced
+        if raced is not None and any(r.image_path == raced[2].image_path for r in requests):
+            url, run_id, sample = raced
+            RacedCommitBackend.raced = None
+            caption = "two shapes"
+            score = SampleScorer({sample.image_id: sample.references}, ["bleu"]).score(
+                [(sample.image_id, caption)]
+            )[0]
+            record = ResultRecord(image_id=sample.image_id,
+                                  reference_captions=list(sample.references),
+                                  generated_caption=caption, metrics=score.scores)  # fmt: skip
+            store = Store.open(url)
+            try:
+                store.commit_results(run_id, "baseline", [CommitItem(record, 0.1, score.detail)],
+                                     worker="someone@elsewhere:1")  # fmt: skip
+            finally:
+                store.engine.dispose()
+        return super().generate(requests, params)
+
+
+def test_corpus_scores_take_the_stored_row_of_a_sample_another_worker_committed_first(
+    world: World, cli
+) -> None:
+    samples = select_samples(load_dataset(str(world.dataset)), 8).samples
+    raced = samples[2]
+    url = world.url or resolve_url(None, world.out)
+    RacedCommitBackend.raced = (url, "raced", raced)
+    result = cli(*world.run_args("--backend", "tests.test_workers:RacedCommitBackend",
+                                 "--num_samples", "8", "--batch_size", "2", "--run_id", "raced",
+                                 "--checkpoint_interval", "4", "--metrics", "bleu"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert RacedCommitBackend.raced is None  # the other worker did commit
+    rows = world.rows("SELECT image_id, worker, generated_caption, scoring FROM sample_result")
+    stored = {image_id: (worker, caption, scoring) for image_id, worker, caption, scoring in rows}
+    assert len(stored) == 8 and stored[raced.image_id][:2] == ("someone@elsewhere:1", "two shapes")
+    comps = [json.loads(s) if isinstance(s, str) else s for _, _, s in stored.values()]
+    want = pooled_bleu([c["bleu"] for c in comps])
+    final = load_json(world.method_dir("raced", "baseline") / "results_baseline.json")
+    assert final["corpus_metrics"]["n_samples"] == 8
+    # this worker's own caption for it (an echo, not "two shapes") is in no corpus score
+    assert [final["corpus_metrics"]["scores"][f"Bleu_{n}"] for n in range(1, 5)] == want
 
 
 def test_a_dead_local_workers_claims_are_taken_at_the_first_claim_and_then_every_few_seconds(
