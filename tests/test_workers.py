@@ -179,6 +179,31 @@ def test_a_database_password_never_shows(world: World, cli) -> None:
     assert "postgres:***@" in bad.output
 
 
+def commit_as_another_worker(
+    url: str, run_id: str, sample: Sample, caption: str, *, created_at: datetime | None = None
+) -> None:
+    """Commit a baseline result for sample (BLEU scored) as a worker on another machine would;
+    with created_at, stamped as a transaction that began then."""
+    score = SampleScorer({sample.image_id: sample.references}, ["bleu"]).score(
+        [(sample.image_id, caption)]
+    )[0]
+    record = ResultRecord(image_id=sample.image_id, reference_captions=list(sample.references),
+                          generated_caption=caption, metrics=score.scores)  # fmt: skip
+    store = Store.open(url)
+    try:
+        store.commit_results(run_id, "baseline", [CommitItem(record, 0.1, score.detail)],
+                             worker="someone@elsewhere:1")  # fmt: skip
+        if created_at is not None:
+            with store.engine.begin() as conn:
+                conn.execute(
+                    update(RESULT)
+                    .where(RESULT.c.image_id == sample.image_id)
+                    .values(created_at=created_at)
+                )
+    finally:
+        store.engine.dispose()
+
+
 class LateCommitBackend(EchoBackend):
     """Echo, but its first call lets "another worker" commit a sample late: the transaction
     began (and stamped created_at) before this worker loaded the stored scores, and
@@ -191,25 +216,8 @@ class LateCommitBackend(EchoBackend):
         if LateCommitBackend.late is not None:
             url, run_id, sample, stamped = LateCommitBackend.late
             LateCommitBackend.late = None
-            caption = "a red circle above a blue square"
-            score = SampleScorer({sample.image_id: sample.references}, ["bleu"]).score(
-                [(sample.image_id, caption)]
-            )[0]
-            record = ResultRecord(image_id=sample.image_id,
-                                  reference_captions=list(sample.references),
-                                  generated_caption=caption, metrics=score.scores)  # fmt: skip
-            store = Store.open(url)
-            try:
-                store.commit_results(run_id, "baseline", [CommitItem(record, 0.1, score.detail)],
-                                     worker="someone@elsewhere:1")  # fmt: skip
-                with store.engine.begin() as conn:
-                    conn.execute(
-                        update(RESULT)
-                        .where(RESULT.c.image_id == sample.image_id)
-                        .values(created_at=stamped)
-                    )
-            finally:
-                store.engine.dispose()
+            commit_as_another_worker(url, run_id, sample, "a red circle above a blue square",
+                                     created_at=stamped)  # fmt: skip
         return super().generate(requests, params)
 
 
@@ -251,19 +259,7 @@ class RacedCommitBackend(EchoBackend):
         if raced is not None and any(r.image_path == raced[2].image_path for r in requests):
             url, run_id, sample = raced
             RacedCommitBackend.raced = None
-            caption = "two shapes"
-            score = SampleScorer({sample.image_id: sample.references}, ["bleu"]).score(
-                [(sample.image_id, caption)]
-            )[0]
-            record = ResultRecord(image_id=sample.image_id,
-                                  reference_captions=list(sample.references),
-                                  generated_caption=caption, metrics=score.scores)  # fmt: skip
-            store = Store.open(url)
-            try:
-                store.commit_results(run_id, "baseline", [CommitItem(record, 0.1, score.detail)],
-                                     worker="someone@elsewhere:1")  # fmt: skip
-            finally:
-                store.engine.dispose()
+            commit_as_another_worker(url, run_id, sample, "two shapes")
         return super().generate(requests, params)
 
 
