@@ -81,9 +81,9 @@ NOTES = """\
   each scored sample's corpus statistics grow with N; the checkpoint export
   streams and keeps nothing. The JVMs the run starts are processes of their own:
   the next row adds the largest one's own peak (the tokenizer's, read from /proc
-  while it runs). Its heap is capped at 128 MB (the JVM's default maximum, a
-  quarter of the machine's memory, let it reach about 300 MiB in this run), and
-  counted with it the run is still over 300 MB. METEOR's JVM, when it is on,
+  while it runs). Its heap is capped at 128 MB (with the JVM's default maximum, a
+  quarter of the machine's memory, it reached 304 MiB in a 100,000-sample run on
+  this machine), and counted with it the run is still over 300 MB. METEOR's JVM, when it is on,
   holds 1.1-1.3 GB (pycocoevalcap runs it with a 2 GB heap).
 - No GPU was lent to this task: the real-scale section (a LLaVA-1.5-7B-shaped
   model on a GPU) has no figures.

@@ -33,10 +33,11 @@ COMPILE_TIMEOUT_S = 180.0
 _PER_CALL_ARGS = ("edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase")
 #: The server's JVM lives as long as a run. By default its heap may grow to a quarter of
 #: the machine's memory, and it does: it peaked at 304 MiB in a 100,000-sample run on a
-#: 24 GB machine, and at 92 MiB with these. Its work is short requests,
-#: which C2's compilations cost more CPU than they save (half the JVM's CPU over the same
-#: requests). A request too large for this heap gets an error reply and goes through the
-#: per-call JVM (default flags) instead; a JVM that lacks one of these -XX flags ignores it.
+#: 24 GB machine, and at 92 MiB with these. Its work is short requests, on which C2's
+#: compilations cost more CPU than they save (with C1 only it used half the CPU on the
+#: same requests). A request too large for this heap gets an error reply and goes through
+#: the per-call JVM (default flags) instead; a JVM that lacks one of these -XX flags
+#: ignores it.
 SERVER_JVM_OPTIONS = (
     "-XX:+IgnoreUnrecognizedVMOptions",
     "-Xmx128m",
