@@ -76,14 +76,16 @@ NOTES = """\
   and add the new rows' counts to the previous checkpoint's: what grows with N
   is a file copy and its hash, not serialisation or counting.
 - **Memory of a 100,000-sample run** is the peak resident memory above the
-  process's before the run, with an instant in-process backend: the dataset's
-  samples and references (which scoring needs, tokenized a batch at a time) and
-  each scored sample's corpus statistics grow with N; the checkpoint export
-  streams and keeps nothing. The JVMs the run starts are processes of their own:
-  the next row adds the largest one's own peak (the tokenizer's, read from /proc
-  while it runs). Its heap is capped at 128 MB (with the JVM's default maximum, a
-  quarter of the machine's memory, it reached 304 MiB in a 100,000-sample run on
-  this machine), and counted with it the run is still over 300 MB. METEOR's JVM, when it is on,
+  process's before the run, with an instant in-process backend. What grows with
+  N is the planned samples (id, file name, a folder shared by all, references
+  joined in one string: about 370 bytes each), which scoring needs, and each
+  scored sample's corpus statistics (about 260 bytes). The dataset file is read a
+  line at a time and the plan inserted 5,000 rows a statement, so neither is held
+  whole; the checkpoint export streams and keeps nothing. The JVMs the run starts
+  are processes of their own: the next row adds the largest one's own peak (the
+  tokenizer's, read from /proc while it runs). Its heap is capped at 128 MB (with
+  the JVM's default maximum, a quarter of the machine's memory, it reached 304
+  MiB in a 100,000-sample run on this machine). METEOR's JVM, when it is on,
   holds 1.1-1.3 GB (pycocoevalcap runs it with a 2 GB heap).
 - No GPU was lent to this task: the real-scale section (a LLaVA-1.5-7B-shaped
   model on a GPU) has no figures.

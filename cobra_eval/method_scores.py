@@ -7,11 +7,11 @@ can serve the current planned set and which must be scored again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from cobra_eval.datasets import Sample
+from cobra_eval.datasets import Sample, SampleReferences
 from cobra_eval.methods import Method, PassOutput
 from cobra_eval.metrics import METRIC_GROUPS, CorpusScores, score_corpus
 from cobra_eval.metrics.corpus import spice_unavailable_reason
@@ -268,7 +268,7 @@ class MethodScores:
 def open_scorer(
     store: Store,
     run_id: str,
-    selected: Sequence[Sample],
+    selected: Mapping[int, Sample],
     metrics: Sequence[str],
     meteor: MeteorProcess | None = None,
 ) -> SampleScorer:
@@ -278,7 +278,7 @@ def open_scorer(
     (resume, other workers) read them back, so every sample of the set is scored
     against the same frequencies. meteor: as SampleScorer's.
     """
-    references = {s.image_id: s.references for s in selected if s.references}
+    references = SampleReferences(selected)
     stored = stored_document_frequency(store, run_id, len(references))
     known = DocumentFrequency.from_bytes(stored) if stored is not None else None
     scorer = SampleScorer(references, metrics, document_frequency=known, meteor=meteor)

@@ -192,7 +192,9 @@ def _run_in_store(
         on_run(run.id)
     store.ensure_plan(run.id, [s.image_id for s in selected])
     generator = CachedGenerator(backend, store, run_cfg["model"], enabled=settings.cache)
-    scorer = open_scorer(store, run.id, selected, settings.metrics, meteor)
+    # one map by id for every method and the scorer: a run holds one per planned sample
+    by_id = {s.image_id: s for s in selected}
+    scorer = open_scorer(store, run.id, by_id, settings.metrics, meteor)
     total = len(selected)
     if all(store.count_results(run.id, m.name, limit=total) >= total for m in methods):
         # nothing to score as samples land: the JVM started early is not needed (a
@@ -202,7 +204,7 @@ def _run_in_store(
     try:
         for method in methods:
             loop = _MethodLoop(
-                store, run.id, method, selected, settings, generator, scorer, reporter, record
+                store, run.id, method, by_id, settings, generator, scorer, reporter, record
             )
             summaries.append(loop.run(method_cfgs[method.name], resumed))
     finally:
@@ -218,7 +220,7 @@ class _MethodLoop:
         store: Store,
         run_id: str,
         method: Method,
-        selected: Sequence[Sample],
+        samples: dict[int, Sample],
         settings: RunSettings,
         generator: CachedGenerator,
         scorer: SampleScorer,
@@ -226,8 +228,8 @@ class _MethodLoop:
         record: dict[str, Any],
     ):
         self.store, self.run_id, self.method = store, run_id, method
-        self.samples = {s.image_id: s for s in selected}
-        self.total = len(selected)
+        self.samples = samples
+        self.total = len(samples)
         self.settings, self.generator, self.reporter = settings, generator, reporter
         self.scorer = scorer
         self.worker = worker_identity()

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import csv
 import json
+import tracemalloc
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from cobra_eval.datasets import load_dataset, select_samples
+from cobra_eval.datasets import Sample, SampleReferences, load_dataset, select_samples
 from cobra_eval.errors import DatasetError
 from tests.conftest import BACKEND, load_json
 
@@ -219,6 +220,70 @@ def test_a_folder_with_a_captions_jsonl_or_csv(tmp_path: Path, cli) -> None:
     (table / "bad.csv").write_text("name,text\nx.png,hello\n")
     with pytest.raises(DatasetError, match="needs a header with file_name and caption"):
         load_dataset(str(table / "bad.csv"))
+
+
+def test_a_folder_file_is_read_line_by_line_as_its_format_defines_lines(tmp_path: Path) -> None:
+    # JSON strings may hold U+2028 and U+0085 unescaped: they do not end a JSONL line
+    caption = "a cat\u2028on a mat\u0085at noon"
+    lines = [{"file_name": "a.png", "captions": [caption]}, {"file_name": "b.png", "caption": "b"}]
+    jsonl = tmp_path / "captions.jsonl"
+    jsonl.write_text("\ufeff" + "\r\n".join(json.dumps(x, ensure_ascii=False) for x in lines),
+                     encoding="utf-8")  # fmt: skip
+    assert [s.references for s in load_dataset(str(jsonl)).samples] == [(caption,), ("b",)]
+    table = tmp_path / "t" / "captions.csv"
+    table.parent.mkdir()
+    table.write_text('file_name,caption\r\nx.png,"two\nlines"\r\nx.png,more\r\n')
+    assert load_dataset(str(table)).samples[0].references == ("two\nlines", "more")
+    jsonl.write_bytes(b'{"file_name": "a.png", "caption": "ok"}\n{"file_name": "b.png", '
+                      b'"caption": "caf\xe9"}\n')  # fmt: skip
+    with pytest.raises(DatasetError, match="is not UTF-8 text"):
+        load_dataset(str(jsonl))
+
+
+def test_a_samples_references_and_image_path_read_back_as_given(tmp_path: Path) -> None:
+    cases = [
+        ("a cat", "a small cat", ""),  # an empty reference among others stays
+        ("one line",),
+        ("",),
+        (),
+        ("a cat\x00in a hat", "a dog"),  # the separator the samples join with
+        ("a cat\nsitting", " spaced ", "é ü 猫"),
+    ]
+    folder = tmp_path / "images"
+    for k, refs in enumerate(cases):
+        sample = Sample.of(k, folder, f"sub/{k}.png", list(refs))
+        assert sample.references == refs
+        assert sample.image_path == folder / "sub" / f"{k}.png"
+        assert sample.has_references == bool(refs)
+    samples = {k: Sample.of(k, folder, f"{k}.png", refs) for k, refs in enumerate(cases)}
+    view = SampleReferences(samples)
+    assert len(view) == 5 and list(view) == [0, 1, 2, 4, 5]
+    assert 3 not in view and 99 not in view and 4 in view
+    assert view[5] == cases[5] and dict(view) == {k: cases[k] for k in view}
+    with pytest.raises(KeyError):
+        view[3]
+
+
+def test_a_loaded_datasets_samples_hold_little_memory(tmp_path: Path) -> None:
+    # a run holds every planned sample: at 100,000 of them each byte per sample is 100 KB
+    refs = ["a red circle above a blue square", "a blue square below a red circle",
+            "two shapes on a white background", "a circle and a square",
+            "a red shape over a blue one"]  # fmt: skip
+    n = 20_000
+    lines = (json.dumps({"file_name": f"{i:012d}.jpg", "captions": refs}) for i in range(n))
+    (tmp_path / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    tracemalloc.start()
+    try:
+        dataset = load_dataset(str(tmp_path / "captions.jsonl"))
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(dataset.samples) == n and dataset.samples[7].references == tuple(refs)
+    assert dataset.samples[7].image_path == tmp_path / "000000000007.jpg"
+    # a Path and a tuple of five strings each held about 860 bytes a sample
+    assert held / n < 500, f"{held / n:.0f} bytes per sample"
+    # the file read a line at a time: its rows parsed at once peaked at 2,000 bytes a sample
+    assert peak / n < 600, f"{peak / n:.0f} bytes per sample at the peak"
 
 
 def test_a_seeded_subset_is_stable_and_extends_in_the_same_order(world, cli) -> None:

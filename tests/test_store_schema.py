@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from sqlmodel import SQLModel
 from cobra_eval.errors import StoreError
 from cobra_eval.store import Store
 from cobra_eval.store.engine import head_revision, open_engine, resolve_url
+from cobra_eval.store.repository import PLAN_CHUNK
 
 TABLES = {
     "run",
@@ -168,3 +170,21 @@ def test_durability_full_makes_sqlite_sync_every_commit(tmp_path: Path) -> None:
         with store, store.engine.connect() as conn:
             assert conn.execute(text("PRAGMA synchronous")).scalar() == expected
             assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_a_plan_longer_than_one_insert_holds_every_id_once_in_its_order(tmp_path: Path) -> None:
+    # a plan is inserted PLAN_CHUNK rows a statement: none may be lost or doubled between them
+    ids = random.Random(3).sample(range(10**6), 2 * PLAN_CHUNK + 7)
+    db = tmp_path / "cobra_eval.db"
+    with Store.open(resolve_url(str(db))) as store:
+        store.create_run("r", {"model": {"name": "m"}}, "f")
+        store.ensure_plan("r", ids)
+        # extended and two ids swapped: the earlier rows move, the new ones follow
+        again = [ids[1], ids[0], *ids[2:], 5_000_001, 5_000_002]
+        store.ensure_plan("r", again)
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("SELECT position, image_id FROM planned_sample ORDER BY position")
+        assert rows.fetchall() == list(enumerate(again))
+    finally:
+        con.close()

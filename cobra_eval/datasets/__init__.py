@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cobra_eval.datasets.base import Dataset, Sample
+from cobra_eval.datasets.base import Dataset, Sample, SampleReferences
 from cobra_eval.datasets.coco import coco_dataset, load_coco
 from cobra_eval.datasets.files import read_json
 from cobra_eval.datasets.folder import SUFFIXES, load_folder
@@ -12,7 +12,7 @@ from cobra_eval.datasets.karpathy import is_karpathy, load_karpathy
 from cobra_eval.datasets.selection import Selection, select_samples
 from cobra_eval.errors import DatasetError
 
-__all__ = ["Dataset", "Sample", "Selection", "load_dataset", "select_samples"]
+__all__ = ["Dataset", "Sample", "SampleReferences", "Selection", "load_dataset", "select_samples"]
 
 #: Caption files looked for when --dataset is a folder.
 FOLDER_FILES = ("captions.jsonl", "captions.csv")

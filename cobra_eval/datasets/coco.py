@@ -28,9 +28,7 @@ def coco_dataset(
     base = images_dir if images_dir is not None else path.parent
     counts = Counter(int(image["id"]) for image in images)
     samples = tuple(
-        Sample(
-            int(image["id"]), base / str(image["file_name"]), tuple(refs.get(int(image["id"]), ()))
-        )
+        Sample.of(int(image["id"]), base, str(image["file_name"]), refs.get(int(image["id"]), ()))
         for image in images
     )
     if not samples:

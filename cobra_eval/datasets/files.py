@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from cobra_eval.errors import DatasetError
 
@@ -14,12 +14,37 @@ def read_bytes(path: Path) -> bytes:
     """The file's bytes, or a DatasetError saying why they cannot be read."""
     try:
         return path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetError(f"dataset file {path} does not exist") from None
-    except IsADirectoryError:
-        raise DatasetError(f"dataset file {path} is a folder") from None
     except OSError as exc:
-        raise DatasetError(f"cannot read dataset file {path}: {exc.strerror}") from None
+        raise unreadable(path, exc) from None
+
+
+def open_text(path: Path) -> TextIO:
+    """The file as UTF-8 text (a BOM skipped, line ends kept for csv), to read as a stream."""
+    try:
+        return path.open(encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise unreadable(path, exc) from None
+
+
+def file_identity(path: Path) -> str:
+    """content_identity of a file's bytes, read a block at a time."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    except OSError as exc:
+        raise unreadable(path, exc) from None
+    return "sha256:" + digest.hexdigest()
+
+
+def unreadable(path: Path, exc: OSError) -> DatasetError:
+    """The one clear error for a dataset file that cannot be read."""
+    if isinstance(exc, FileNotFoundError):
+        return DatasetError(f"dataset file {path} does not exist")
+    if isinstance(exc, IsADirectoryError):
+        return DatasetError(f"dataset file {path} is a folder")
+    return DatasetError(f"cannot read dataset file {path}: {exc.strerror}")
 
 
 def read_json(path: Path) -> tuple[Any, bytes]:

@@ -34,19 +34,23 @@ def load_karpathy(
     split = split or DEFAULT_SPLIT
     base = images_dir if images_dir is not None else path.parent
     samples = []
+    folders: dict[str, Path] = {}
     for entry in data["images"]:
         if not isinstance(entry, dict) or entry.get("split") != split:
             continue
         try:
             image_id = int(entry["cocoid"])
-            file = base / str(entry.get("filepath", "")) / str(entry["filename"])
+            where = str(entry.get("filepath", ""))
+            # one folder object per filepath, shared by its samples
+            folder = folders.get(where) or folders.setdefault(where, base / where)
+            file = str(entry["filename"])
             refs = tuple(str(s["raw"]).strip() for s in entry.get("sentences") or [])
         except (KeyError, TypeError, ValueError):
             raise DatasetError(
                 f"dataset file {path} is not in Karpathy split format: an image entry lacks "
                 f"'cocoid', 'filename' or 'sentences[].raw': {str(entry)[:80]}"
             ) from None
-        samples.append(Sample(image_id, file, refs))
+        samples.append(Sample.of(image_id, folder, file, refs))
     if not samples:
         present = sorted({str(e.get("split")) for e in data["images"] if isinstance(e, dict)})
         raise DatasetError(

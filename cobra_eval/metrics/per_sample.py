@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from cobra_eval.datasets.base import SampleReferences
 from cobra_eval.metrics import coco_scorers
 from cobra_eval.metrics.corpus import METRIC_GROUPS, ptb_tokenize, sanitize
 from cobra_eval.metrics.meteor import MeteorProcess, stats_counts
@@ -143,14 +144,18 @@ class SampleScorer:
         self.available = bool(self.groups) and shutil.which("java") is not None
         # raw references, tokenized with each batch's captions: holding every planned
         # image's tokenized references would cost ~80 MB at 100k images (and the raw
-        # ones are the samples' own, not copies)
-        self.references: dict[int, Sequence[str]] = {}
+        # ones are looked up in the samples, not copied)
+        self.references: Mapping[int, Sequence[str]] = {}
         self.meteor = meteor or MeteorProcess()
         self.document_frequency: DocumentFrequency | None = None
         self._cider: coco_scorers.CiderD | None = None
         if not self.available:
             return
-        self.references = {i: r for i, r in references.items() if r}
+        self.references = (
+            references
+            if isinstance(references, SampleReferences)
+            else {i: r for i, r in references.items() if r}
+        )
         if "cider" in self.groups:
             if document_frequency is None:
                 counts = coco_scorers.document_frequency(self._cooked_references())

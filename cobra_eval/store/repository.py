@@ -6,6 +6,7 @@ and the ORM's unit-of-work would cost more than the writes themselves.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,6 +50,8 @@ METRIC = MetricValue.__table__  # type: ignore[attr-defined]
 CHECKPOINT = Checkpoint.__table__  # type: ignore[attr-defined]
 CORPUS = CorpusMetric.__table__  # type: ignore[attr-defined]
 CACHE = GenerationCache.__table__  # type: ignore[attr-defined]
+#: Planned rows inserted per statement when a plan is made.
+PLAN_CHUNK = 5_000
 # statements a run executes per batch or per checkpoint, built once with bound parameters
 _RECORD_CHECKPOINT = insert(CHECKPOINT)
 #: a method's results, ok or failed
@@ -359,32 +362,42 @@ class Store:
                     select(PLAN.c.image_id, PLAN.c.position).where(PLAN.c.run_id == run_id)
                 ).all()
             )
-            wanted = set(ordered_ids)
-            # ids known only from an import, not in this selection, keep a place after it
-            extra = sorted((pos, i) for i, pos in existing.items() if i not in wanted)
-            target = {image_id: pos for pos, image_id in enumerate(ordered_ids)}
-            target.update({image_id: len(ordered_ids) + k for k, (_, image_id) in enumerate(extra)})
-            moves = [
-                {"b_id": image_id, "b_pos": target[image_id]}
-                for image_id, pos in existing.items()
-                if target[image_id] != pos
-            ]
-            if moves:
-                conn.execute(
-                    update(PLAN)
-                    .where(PLAN.c.run_id == run_id, PLAN.c.image_id == bindparam("b_id"))
-                    .values(position=bindparam("b_pos")),
-                    moves,
-                )
-                # results change places in the exports: no earlier snapshot's bytes hold
-                result_writer.bump_revision(conn, run_id)
-            new = [
+            if existing:
+                self._move_planned(conn, run_id, ordered_ids, existing)
+            # inserted a chunk at a time: the rows of a 100,000-sample plan built at once
+            # held about 60 MB
+            new = (
                 {"run_id": run_id, "position": pos, "image_id": image_id}
                 for pos, image_id in enumerate(ordered_ids)
                 if image_id not in existing
-            ]
-            if new:
-                conn.execute(insert(PLAN), new)
+            )
+            while chunk := list(itertools.islice(new, PLAN_CHUNK)):
+                conn.execute(insert(PLAN), chunk)
+
+    @staticmethod
+    def _move_planned(
+        conn: Connection, run_id: str, ordered_ids: Sequence[int], existing: dict[int, int]
+    ) -> None:
+        """Give planned ids their places in ordered_ids; the others keep a place after it."""
+        wanted = set(ordered_ids)
+        # ids known only from an import, not in this selection, keep a place after it
+        extra = sorted((pos, i) for i, pos in existing.items() if i not in wanted)
+        target = {image_id: pos for pos, image_id in enumerate(ordered_ids)}
+        target.update({image_id: len(ordered_ids) + k for k, (_, image_id) in enumerate(extra)})
+        moves = [
+            {"b_id": image_id, "b_pos": target[image_id]}
+            for image_id, pos in existing.items()
+            if target[image_id] != pos
+        ]
+        if moves:
+            conn.execute(
+                update(PLAN)
+                .where(PLAN.c.run_id == run_id, PLAN.c.image_id == bindparam("b_id"))
+                .values(position=bindparam("b_pos")),
+                moves,
+            )
+            # results change places in the exports: no earlier snapshot's bytes hold
+            result_writer.bump_revision(conn, run_id)
 
     def append_to_plan(self, conn: Connection, run_id: str, image_ids: Iterable[int]) -> None:
         """Add ids not yet planned at the end of the plan (inside the caller's transaction)."""
