@@ -1,10 +1,11 @@
 """Resident memory of a 100,000-sample run beyond the model, and where its time goes.
 
-    python -m benchmarks.run_memory [--samples 100000] [--metrics bleu,rouge,cider]
+    python -m benchmarks.run_memory [--samples 100000] [--metrics bleu,rouge,cider] [--format coco]
 
-A folder dataset of N entries (symbolic links to one small PNG, five references
-each) is run end to end through ``run_evaluation`` with an instant in-process
-backend, so everything measured is the tool's: planning, claims, the generation
+A dataset of N images (symbolic links to one small PNG, five references each; a
+COCO captions file, or with --format jsonl a captions JSONL) is run end to end
+through ``run_evaluation`` with an instant in-process backend, so everything
+measured is the tool's: reading the dataset, planning, claims, the generation
 cache, commits, checkpoint snapshots (default interval 10, thinned as the run
 grows), the final results file, and by default per-sample BLEU, ROUGE-L and
 CIDEr-D (METEOR's memory is its own JVM's). Reported: peak resident memory
@@ -97,17 +98,42 @@ class ChildPeaks:
         return max(self.peaks.values(), key=lambda item: item[1], default=None)
 
 
-def make_dataset(folder: Path, n: int) -> Path:
+def make_dataset(folder: Path, n: int, form: str = "coco") -> Path:
+    """N images (links to one PNG) with five references each, as a COCO captions file or
+    a captions JSONL; written an entry at a time, so that this process holds none of it."""
     from PIL import Image
 
     images = folder / "images"
     images.mkdir(parents=True)
     Image.new("RGB", (8, 8), "white").save(folder / "one.png")
-    with (folder / "captions.jsonl").open("w") as out:
+    for i in range(n):
+        (images / f"{i}.png").symlink_to(folder / "one.png")
+    if form == "jsonl":
+        with (folder / "captions.jsonl").open("w") as out:
+            for i in range(n):
+                out.write(json.dumps({"file_name": f"{i}.png", "captions": CAPTIONS}) + "\n")
+        return folder / "captions.jsonl"
+    # the fields a real COCO captions file has, in its member order
+    with (folder / "captions.json").open("w") as out:
+        out.write('{"info": {"description": "COCO-shaped"}, "licenses": [], "images": [')
         for i in range(n):
-            (images / f"{i}.png").symlink_to(folder / "one.png")
-            out.write(json.dumps({"file_name": f"{i}.png", "captions": CAPTIONS}) + "\n")
-    return folder / "captions.jsonl"
+            image = {
+                "license": 3,
+                "file_name": f"{i}.png",
+                "coco_url": f"http://x/{i}.png",
+                "height": 8,
+                "width": 8,
+                "date_captured": "2013-11-14 16:28:13",
+                "id": i,
+            }
+            out.write(("," if i else "") + json.dumps(image))
+        out.write('], "annotations": [')
+        for i in range(n):
+            for k, caption in enumerate(CAPTIONS):
+                sep = "," if i or k else ""
+                out.write(sep + json.dumps({"image_id": i, "id": 5 * i + k, "caption": caption}))
+        out.write("]}")
+    return folder / "captions.json"
 
 
 def main() -> None:
@@ -115,9 +141,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100_000)
     parser.add_argument("--metrics", default="bleu,rouge,cider")
     parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--format", choices=("coco", "jsonl"), default="coco",
+                        help="the dataset file: COCO captions JSON or captions JSONL")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        dataset = make_dataset(Path(tmp) / "data", args.samples)
+        dataset = make_dataset(Path(tmp) / "data", args.samples, args.format)
         settings = RunSettings(
             method="baseline",
             num_samples=args.samples,
@@ -136,7 +164,8 @@ def main() -> None:
         method = summary.methods[0]
         final = method.final_file
         size = final.stat().st_size if final else 0
-        print(f"{args.samples} samples, metrics {args.metrics}, batch {args.batch_size}")
+        print(f"{args.samples} samples ({args.format} file), metrics {args.metrics}, "
+              f"batch {args.batch_size}")  # fmt: skip
         print(f"run wall time: {wall:.1f} s ({wall / args.samples * 1000:.2f} ms/sample)")
         print(
             f"resident memory: {before / 1024:.0f} MiB before the run, peak {peak / 1024:.0f} MiB"

@@ -7,6 +7,7 @@ image, a corrupt image, an image without references.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import tracemalloc
 from pathlib import Path
@@ -238,6 +239,71 @@ def test_a_folder_file_is_read_line_by_line_as_its_format_defines_lines(tmp_path
                       b'"caption": "caf\xe9"}\n')  # fmt: skip
     with pytest.raises(DatasetError, match="is not UTF-8 text"):
         load_dataset(str(jsonl))
+
+
+def coco_expected(data: dict) -> list[tuple[int, str, tuple[str, ...]]]:
+    """What a COCO captions file holds, read as json reads it: (id, file name, references)."""
+    refs: dict[int, list[str]] = {}
+    for ann in data["annotations"]:
+        refs.setdefault(int(ann["image_id"]), []).append(ann["caption"].strip())
+    return [(int(i["id"]), i["file_name"], tuple(refs.get(int(i["id"]), [])))
+            for i in data["images"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("extra", ["", "nan", "emoji"])
+def test_a_coco_file_streams_to_what_json_reads(tmp_path: Path, extra: str) -> None:
+    # members in any order, extra ones, ids as digit strings, unicode raw and escaped; NaN
+    # and an escaped emoji are read by parsing the file whole instead: the same samples
+    data = {
+        "annotations": [{"image_id": 7, "caption": " Ein Hund im Schnee "},
+                        {"image_id": "12", "caption": "猫 on a \"mat\"", "score": 0.5},
+                        {"image_id": 7, "caption": "café au lait\nsecond line"}],
+        "info": {"year": 2017, "nested": {"list": [1, [2, {"x": None}]]}},
+        "images": [{"id": 12, "file_name": "sub/12.jpg", "height": 480.0},
+                   {"id": "7", "file_name": "7.jpg", "extra": [{"a": 1}]},
+                   {"id": 3, "file_name": "3.jpg"}],
+        "licenses": [],
+        "categories": [{"id": 1, "name": "x"}],
+    }  # fmt: skip
+    if extra == "nan":
+        data["info"]["score"] = float("nan")
+    if extra == "emoji":
+        data["annotations"].append({"image_id": 3, "caption": "a dog 🐶"})
+    path = tmp_path / "captions.json"
+    text = json.dumps(data, ensure_ascii=False)
+    path.write_text(text.replace("猫", "\\u732b") if extra == "" else
+                    json.dumps(data) if extra == "emoji" else text, encoding="utf-8")  # fmt: skip
+    dataset = load_dataset(str(path))
+    got = [(s.image_id, str(s.image_path.relative_to(tmp_path)), s.references)
+           for s in dataset.samples]  # fmt: skip
+    assert got == coco_expected(json.loads(path.read_text(encoding="utf-8")))
+    assert dataset.identity == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_coco_file_is_never_held_parsed_whole(tmp_path: Path) -> None:
+    n = 20_000
+    data = {
+        "info": {},
+        "images": [{"license": 3, "file_name": f"{i:012d}.jpg", "height": 480, "width": 640,
+                    "coco_url": f"http://images.cocodataset.org/train2017/{i:012d}.jpg",
+                    "id": i} for i in range(n)],
+        "annotations": [{"image_id": i, "id": 10 * i + k,
+                         "caption": f"A man riding a horse number {k} on the beach."}
+                        for i in range(n) for k in range(5)],
+    }  # fmt: skip
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps(data))
+    expected = coco_expected(data)
+    del data
+    tracemalloc.start()
+    try:
+        dataset = load_dataset(str(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [(s.image_id, s.file_name, s.references) for s in dataset.samples] == expected
+    # json.loads of the whole file peaked at about 3,500 bytes a sample
+    assert peak / n < 2_000, f"{peak / n:.0f} bytes per sample at the peak"
 
 
 def test_a_samples_references_and_image_path_read_back_as_given(tmp_path: Path) -> None:

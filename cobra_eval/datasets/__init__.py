@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from cobra_eval.datasets.base import Dataset, Sample, SampleReferences
-from cobra_eval.datasets.coco import coco_dataset, load_coco
-from cobra_eval.datasets.files import read_json
+from cobra_eval.datasets.coco import CocoCaptions, load_coco
 from cobra_eval.datasets.folder import SUFFIXES, load_folder
-from cobra_eval.datasets.karpathy import is_karpathy, load_karpathy
+from cobra_eval.datasets.json_stream import JsonArrays, read_arrays
+from cobra_eval.datasets.karpathy import KarpathySplit, is_karpathy_image
 from cobra_eval.datasets.selection import Selection, select_samples
 from cobra_eval.errors import DatasetError
 
@@ -45,7 +46,22 @@ def load_dataset(spec: str | None, images: Path | None = None, split: str | None
         return load_folder(found[0], images or path)
     if path.suffix.lower() in SUFFIXES:
         return load_folder(path, images)
-    data, raw = read_json(path)
-    if is_karpathy(data):
-        return load_karpathy(path, data, raw, images, split)
-    return coco_dataset(path, data, raw, images, split)
+    return _load_annotation_json(path, images, split)
+
+
+def _load_annotation_json(path: Path, images: Path | None, split: str | None) -> Dataset:
+    """A COCO captions or Karpathy split file, told apart by its first image entry."""
+
+    def build(arrays: JsonArrays) -> Dataset:
+        identity = arrays.identity
+        entries = arrays.items("images")
+        first = next(entries, None)
+        seen = itertools.chain(() if first is None else (first,), entries)
+        if not is_karpathy_image(first):
+            return CocoCaptions().read(arrays, seen, path, identity, images, split)
+        karpathy = KarpathySplit(path, images, split)
+        for entry in seen:
+            karpathy.add(entry)
+        return karpathy.dataset(identity)
+
+    return read_arrays(path, build)

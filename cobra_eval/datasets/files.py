@@ -27,7 +27,7 @@ def open_text(path: Path) -> TextIO:
 
 
 def file_identity(path: Path) -> str:
-    """content_identity of a file's bytes, read a block at a time."""
+    """The dataset identity of an annotation file: a hash of its content (read in blocks)."""
     digest = hashlib.sha256()
     try:
         with path.open("rb") as handle:
@@ -59,8 +59,3 @@ def read_json(path: Path) -> tuple[Any, bytes]:
             f"dataset file {path} is not valid JSON (line {exc.lineno} column {exc.colno}: "
             f"{exc.msg})"
         ) from None
-
-
-def content_identity(raw: bytes) -> str:
-    """The dataset identity of an annotation file: a hash of its content."""
-    return "sha256:" + hashlib.sha256(raw).hexdigest()

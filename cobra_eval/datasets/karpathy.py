@@ -12,57 +12,64 @@ from pathlib import Path
 from typing import Any
 
 from cobra_eval.datasets.base import Dataset, Sample
-from cobra_eval.datasets.files import content_identity
 from cobra_eval.errors import DatasetError
 
 DEFAULT_SPLIT = "test"
 SPLITS = ("train", "restval", "val", "test")
 
 
-def is_karpathy(data: Any) -> bool:
-    """Whether parsed JSON looks like a Karpathy split file."""
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        return False
-    first = data["images"][0] if data["images"] else None
-    return isinstance(first, dict) and "sentences" in first and "split" in first
+def is_karpathy_image(entry: Any) -> bool:
+    """Whether a file's first image entry is a Karpathy split file's."""
+    return isinstance(entry, dict) and "sentences" in entry and "split" in entry
 
 
-def load_karpathy(
-    path: Path, data: Any, raw: bytes, images_dir: Path | None, split: str | None
-) -> Dataset:
-    """Samples of one split (default test); images under images_dir/filepath/filename."""
-    split = split or DEFAULT_SPLIT
-    base = images_dir if images_dir is not None else path.parent
-    samples = []
-    folders: dict[str, Path] = {}
-    for entry in data["images"]:
-        if not isinstance(entry, dict) or entry.get("split") != split:
-            continue
+class KarpathySplit:
+    """One split's samples (default test) of a Karpathy file's image entries, as they
+    stream; images under images_dir/filepath/filename."""
+
+    def __init__(self, path: Path, images_dir: Path | None, split: str | None):
+        self.path, self.split = path, split or DEFAULT_SPLIT
+        self.base = images_dir if images_dir is not None else path.parent
+        self.samples: list[Sample] = []
+        #: one folder object per filepath, shared by its samples
+        self.folders: dict[str, Path] = {}
+        #: the splits of the entries seen, named when the wanted one has none
+        self.present: set[str] = set()
+
+    def add(self, entry: Any) -> None:
+        """Take in one image entry (of any split)."""
+        if not isinstance(entry, dict):
+            return
+        self.present.add(str(entry.get("split")))
+        if entry.get("split") != self.split:
+            return
         try:
             image_id = int(entry["cocoid"])
             where = str(entry.get("filepath", ""))
-            # one folder object per filepath, shared by its samples
-            folder = folders.get(where) or folders.setdefault(where, base / where)
+            folder = self.folders.get(where) or self.folders.setdefault(where, self.base / where)
             file = str(entry["filename"])
             refs = tuple(str(s["raw"]).strip() for s in entry.get("sentences") or [])
         except (KeyError, TypeError, ValueError):
             raise DatasetError(
-                f"dataset file {path} is not in Karpathy split format: an image entry lacks "
-                f"'cocoid', 'filename' or 'sentences[].raw': {str(entry)[:80]}"
+                f"dataset file {self.path} is not in Karpathy split format: an image entry "
+                f"lacks 'cocoid', 'filename' or 'sentences[].raw': {str(entry)[:80]}"
             ) from None
-        samples.append(Sample.of(image_id, folder, file, refs))
-    if not samples:
-        present = sorted({str(e.get("split")) for e in data["images"] if isinstance(e, dict)})
-        raise DatasetError(
-            f"dataset file {path} has no images in split {split!r} "
-            f"(its splits: {', '.join(present) or 'none'}); choose one with --split"
+        self.samples.append(Sample.of(image_id, folder, file, refs))
+
+    def dataset(self, identity: str) -> Dataset:
+        """The split's dataset, or why it has none."""
+        if not self.samples:
+            raise DatasetError(
+                f"dataset file {self.path} has no images in split {self.split!r} "
+                f"(its splits: {', '.join(sorted(self.present)) or 'none'}); choose one "
+                "with --split"
+            )
+        counts = Counter(s.image_id for s in self.samples)
+        return Dataset(
+            name=str(self.path),
+            identity=identity,
+            split=self.split,
+            samples=tuple(self.samples),
+            duplicates=tuple(i for i, n in counts.items() if n > 1),
+            format="karpathy",
         )
-    counts = Counter(s.image_id for s in samples)
-    return Dataset(
-        name=str(path),
-        identity=content_identity(raw),
-        split=split,
-        samples=tuple(samples),
-        duplicates=tuple(i for i, n in counts.items() if n > 1),
-        format="karpathy",
-    )
