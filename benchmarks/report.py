@@ -79,9 +79,11 @@ NOTES = """\
   process's before the run, with an instant in-process backend. What grows with
   N is the planned samples (id, file name, a folder shared by all, references
   joined in one string: about 370 bytes each), which scoring needs, and each
-  scored sample's corpus statistics (about 260 bytes). The dataset file is read a
-  line at a time and the plan inserted 5,000 rows a statement, so neither is held
-  whole; the checkpoint export streams and keeps nothing. The JVMs the run starts
+  scored sample's corpus statistics (about 260 bytes). The dataset (a COCO
+  captions file of that size, 75 MB) is streamed an entry at a time and the plan
+  inserted 5,000 rows a statement, so neither is held whole; reading the file
+  sets the peak (its captions are gathered by image before the samples are
+  made). The checkpoint export streams and keeps nothing. The JVMs the run starts
   are processes of their own: the next row adds the largest one's own peak (the
   tokenizer's, read from /proc while it runs). Its heap is capped at 128 MB (with
   the JVM's default maximum, a quarter of the machine's memory, it reached 304
