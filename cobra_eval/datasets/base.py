@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,3 +92,12 @@ class Dataset:
     #: image ids that appear more than once in the annotation file
     duplicates: tuple[int, ...] = ()
     format: str = "coco"
+
+    @classmethod
+    def of(
+        cls, path: Path, identity: str, split: str | None, samples: tuple[Sample, ...], form: str
+    ) -> Dataset:
+        """The dataset of a file's samples, noting the image ids that appear more than once."""
+        counts = Counter(s.image_id for s in samples)
+        duplicates = tuple(i for i, n in counts.items() if n > 1)
+        return cls(str(path), identity, split, samples, duplicates, form)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -85,21 +85,13 @@ class CocoCaptions:
         self, path: Path, identity: str, images_dir: Path | None, split: str | None
     ) -> Dataset:
         base = images_dir if images_dir is not None else path.parent
-        counts = Counter(image_id for image_id, _ in self.images)
         samples = tuple(
             Sample.of(image_id, base, file_name, self.refs.get(image_id, ()))
             for image_id, file_name in self.images
         )
         if not samples:
             raise DatasetError(f"dataset file {path} lists no images")
-        return Dataset(
-            name=str(path),
-            identity=identity,
-            split=split,
-            samples=samples,
-            duplicates=tuple(i for i, n in counts.items() if n > 1),
-            format="coco",
-        )
+        return Dataset.of(path, identity, split, samples, "coco")
 
     @staticmethod
     def _check_shape(data: Any, path: Path) -> None:

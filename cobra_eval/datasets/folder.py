@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,6 @@ def load_folder(path: Path, images_dir: Path | None = None) -> Dataset:
     identity = file_identity(path)
     base = images_dir if images_dir is not None else path.parent
     samples: dict[str, Sample] = {}
-    id_counts: Counter[int] = Counter()
     with open_text(path) as handle:
         parse = _jsonl if path.suffix.lower() == ".jsonl" else _csv
         try:
@@ -58,7 +56,6 @@ def load_folder(path: Path, images_dir: Path | None = None) -> Dataset:
                         else len(samples)
                     )
                     samples[name] = Sample.of(image_id, base, name, refs)
-                    id_counts[image_id] += 1
                 elif refs:
                     # an image on several rows (a CSV's way): its references in file order
                     samples[name] = Sample.of(
@@ -68,14 +65,7 @@ def load_folder(path: Path, images_dir: Path | None = None) -> Dataset:
             raise DatasetError(f"dataset file {path} is not UTF-8 text") from None
     if not samples:
         raise DatasetError(f"dataset file {path} lists no images")
-    return Dataset(
-        name=str(path),
-        identity=identity,
-        split=None,
-        samples=tuple(samples.values()),
-        duplicates=tuple(i for i, n in id_counts.items() if n > 1),
-        format=path.suffix.lower().lstrip("."),
-    )
+    return Dataset.of(path, identity, None, tuple(samples.values()), path.suffix.lower()[1:])
 
 
 def _jsonl(path: Path, lines: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -7,7 +7,6 @@ so results compare with any COCO-keyed tool.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +63,4 @@ class KarpathySplit:
                 f"(its splits: {', '.join(sorted(self.present)) or 'none'}); choose one "
                 "with --split"
             )
-        counts = Counter(s.image_id for s in self.samples)
-        return Dataset(
-            name=str(self.path),
-            identity=identity,
-            split=self.split,
-            samples=tuple(self.samples),
-            duplicates=tuple(i for i, n in counts.items() if n > 1),
-            format="karpathy",
-        )
+        return Dataset.of(self.path, identity, self.split, tuple(self.samples), "karpathy")
