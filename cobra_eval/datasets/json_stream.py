@@ -5,8 +5,8 @@ COCO train's captions file (118,000 images, 590,000 captions) parses into about
 five times its size in Python objects; streamed, a loader keeps only what its
 samples need. ijson's C backend builds each item, one pass over the file per
 array. Files the streaming parser refuses (a syntax error, or NaN, which Python's
-json reads) are parsed whole by ``json`` instead, which also names a syntax
-error's line and column.
+json reads) or would decode otherwise (an escaped UTF-16 surrogate) are parsed
+whole by ``json`` instead, which also names a syntax error's line and column.
 """
 
 from __future__ import annotations
