@@ -53,15 +53,14 @@ def _load_annotation_json(path: Path, images: Path | None, split: str | None) ->
     """A COCO captions or Karpathy split file, told apart by its first image entry."""
 
     def build(arrays: JsonArrays) -> Dataset:
-        identity = arrays.identity
         entries = arrays.items("images")
         first = next(entries, None)
         seen = itertools.chain(() if first is None else (first,), entries)
         if not is_karpathy_image(first):
-            return CocoCaptions().read(arrays, seen, path, identity, images, split)
+            return CocoCaptions(path, images, split).read(arrays, seen)
         karpathy = KarpathySplit(path, images, split)
         for entry in seen:
             karpathy.add(entry)
-        return karpathy.dataset(identity)
+        return karpathy.dataset(arrays.identity)
 
     return read_arrays(path, build)
