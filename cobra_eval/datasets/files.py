@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from cobra_eval.errors import DatasetError
 
@@ -26,15 +27,29 @@ def open_text(path: Path) -> TextIO:
         raise unreadable(path, exc) from None
 
 
+def open_binary(path: Path) -> BinaryIO:
+    """The file's bytes as a stream, or a DatasetError saying why they cannot be read."""
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise unreadable(path, exc) from None
+
+
+def blocks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    """The file's bytes a block at a time."""
+    with open_binary(path) as handle:
+        try:
+            while block := handle.read(size):
+                yield block
+        except OSError as exc:
+            raise unreadable(path, exc) from None
+
+
 def file_identity(path: Path) -> str:
     """The dataset identity of an annotation file: a hash of its content (read in blocks)."""
     digest = hashlib.sha256()
-    try:
-        with path.open("rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
-    except OSError as exc:
-        raise unreadable(path, exc) from None
+    for block in blocks(path):
+        digest.update(block)
     return "sha256:" + digest.hexdigest()
 
 

@@ -15,11 +15,11 @@ import hashlib
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import ijson
 
-from cobra_eval.datasets.files import read_json, unreadable
+from cobra_eval.datasets.files import blocks, open_binary, read_json, unreadable
 
 T = TypeVar("T")
 
@@ -45,7 +45,7 @@ class JsonArrays:
 
     def items(self, key: str) -> Iterator[Any]:
         """The items of the top-level member key; none unless it is an array."""
-        with _open(self.path) as handle:
+        with open_binary(self.path) as handle:
             try:
                 yield from ijson.items(handle, f"{key}.item", use_float=True)
             except OSError as exc:
@@ -86,20 +86,9 @@ def read_arrays(path: Path, build: Callable[[JsonArrays], T]) -> T:
 def _scan(path: Path) -> tuple[str, bool]:
     """The file's identity (sha256 of its bytes) and whether it holds a surrogate escape."""
     digest, escapes, tail = hashlib.sha256(), False, b""
-    with _open(path) as handle:
-        try:
-            while block := handle.read(1 << 20):
-                digest.update(block)
-                # an escape may straddle two blocks: its first bytes end the last one
-                escapes = escapes or _SURROGATE_ESCAPE.search(tail + block) is not None
-                tail = block[-8:]
-        except OSError as exc:
-            raise unreadable(path, exc) from None
+    for block in blocks(path):
+        digest.update(block)
+        # an escape may straddle two blocks: its first bytes end the last one
+        escapes = escapes or _SURROGATE_ESCAPE.search(tail + block) is not None
+        tail = block[-8:]
     return "sha256:" + digest.hexdigest(), escapes
-
-
-def _open(path: Path) -> BinaryIO:
-    try:
-        return path.open("rb")
-    except OSError as exc:
-        raise unreadable(path, exc) from None

@@ -24,7 +24,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from cobra_eval.datasets.base import SampleReferences
 from cobra_eval.metrics import coco_scorers
 from cobra_eval.metrics.corpus import METRIC_GROUPS, ptb_tokenize, sanitize
 from cobra_eval.metrics.meteor import MeteorProcess, stats_counts
@@ -139,7 +138,8 @@ class SampleScorer:
         document_frequency: DocumentFrequency | None = None,
         meteor: MeteorProcess | None = None,
     ):
-        """meteor: a METEOR process to use (one start_meteor may have started already)."""
+        """references: by image id, of the images that have some (kept, not copied);
+        meteor: a METEOR process to use (one start_meteor may have started already)."""
         self.groups = [g for g in metrics if g in PER_SAMPLE_GROUPS]
         self.available = bool(self.groups) and shutil.which("java") is not None
         # raw references, tokenized with each batch's captions: holding every planned
@@ -151,11 +151,7 @@ class SampleScorer:
         self._cider: coco_scorers.CiderD | None = None
         if not self.available:
             return
-        self.references = (
-            references
-            if isinstance(references, SampleReferences)
-            else {i: r for i, r in references.items() if r}
-        )
+        self.references = references
         if "cider" in self.groups:
             if document_frequency is None:
                 counts = coco_scorers.document_frequency(self._cooked_references())
