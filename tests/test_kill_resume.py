@@ -372,6 +372,23 @@ def test_sigkill_at_a_point_then_resume_ends_like_a_clean_run(
 
 
 MAX_KILLS = 15
+#: A run of every method prints about 200 lines; a kill comes after up to this many.
+KILL_AFTER_LINES = 60
+
+
+def kill_after_lines(proc: subprocess.Popen[str], lines: int, delay_s: float) -> str:
+    """SIGKILL proc once it printed `lines` lines and then `delay_s` passed; what it printed.
+
+    Counting lines, not seconds from the start, lands kills mid-run however long this
+    machine takes to start Python and connect to the database.
+    """
+    assert proc.stdout is not None
+    printed = list(itertools.islice(iter(proc.stdout.readline, ""), lines))
+    try:
+        proc.wait(timeout=delay_s)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+    return "".join(printed)
 
 
 @pytest.mark.slow
@@ -391,12 +408,12 @@ def test_random_sigkills_then_resume_end_like_a_clean_run(
             env=env,
             cwd=REPO,
         )
+        printed = ""
         if kills < MAX_KILLS:
-            try:
-                proc.wait(timeout=rng.uniform(0.3, 1.5))
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
+            lines = rng.choice([0, rng.randint(1, KILL_AFTER_LINES)])
+            printed = kill_after_lines(proc, lines, rng.uniform(0.0, 0.5))
         stdout, stderr = proc.communicate(timeout=60)
+        stdout = printed + stdout
         extra = ["--resume_from_checkpoint"]
         if proc.returncode == 0:
             break
