@@ -7,8 +7,10 @@ own processes, and SQLite/PostgreSQL release the GIL while they work, so this
 overlaps for real even on CPython.
 
 A kill between a batch's generation and its commit loses no model work when the
-generation cache is on (the outputs were committed to it as they came back): the
-resume finds them there. With the cache off, the runner finishes inline.
+generation cache is on: finishing a batch starts by committing its outputs to the
+cache (the model's thread commits them itself when the previous batch is still
+being finished), and the resume finds them there. With the cache off, the runner
+finishes inline.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ class BatchFinisher:
             job()
             return
         self._pending = self._executor.submit(job)
+
+    def busy(self) -> bool:
+        """Whether a batch is still being finished (a submit now would wait for it)."""
+        return self._pending is not None and not self._pending.done()
 
     def wait(self) -> None:
         """Block until the batch in hand is finished; its error, if any, is raised here."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,13 @@ class CachedGenerator:
         self.model_key = canonical_json(model_identity)
         # every key starts with the model identity: hashed once, copied per key
         self._model_hash = hashlib.sha256(f"{self.model_key}\0".encode())
-        #: image digests by path, hashed by the batch that needs them or ahead of it (warm)
+        #: image digests by path, hashed by the batch that needs them or ahead of it (prefetch)
         self._image_hashes: dict[Path, str] = {}
         self._lock = threading.Lock()
+        self._hasher: ThreadPoolExecutor | None = None
         self._params: tuple[GenerationParams, str] | None = None
+        #: generations not yet written to the cache (save writes them, from the finisher)
+        self._unsaved: dict[str, str] = {}
         self.generated = 0
         self.hits = 0
 
@@ -59,12 +63,37 @@ class CachedGenerator:
         key.update(material.encode("utf-8"))
         return key.hexdigest()
 
-    def warm(self, images: Iterable[Path]) -> None:
-        """Hash these images ahead (from another thread), so the batch that needs them does not."""
-        if self.enabled:
-            for path in images:
-                if path not in self._image_hashes:
-                    self._hash_image(path)
+    def save(self) -> None:
+        """Write the generations made since the last save to the cache, in one transaction.
+
+        The runner calls it first thing when it finishes a batch (in the background,
+        right after the batch was generated): the model's thread writes nothing.
+        """
+        with self._lock:
+            unsaved = dict(self._unsaved)
+        # kept until written: a lookup meanwhile finds them, a failed write leaves them
+        self.store.cache_outputs(unsaved)
+        with self._lock:
+            for key in unsaved:
+                self._unsaved.pop(key, None)
+
+    def prefetch(self, images: Sequence[Path]) -> None:
+        """Hash these images in a background thread, so the batches that need them do not."""
+        if self.enabled and images:
+            if self._hasher is None:
+                self._hasher = ThreadPoolExecutor(1, "hash-images")
+            self._hasher.submit(self._warm, list(images))
+
+    def _warm(self, images: Iterable[Path]) -> None:
+        for path in images:
+            if path not in self._image_hashes:
+                self._hash_image(path)
+
+    def close(self) -> None:
+        """Stop hashing ahead (images not hashed yet are hashed when a batch needs them)."""
+        if self._hasher is not None:
+            self._hasher.shutdown(wait=True, cancel_futures=True)
+            self._hasher = None
 
     def _hash_image(self, path: Path) -> str | None:
         try:
@@ -89,18 +118,19 @@ class CachedGenerator:
         """Outputs for every request, from the cache where possible, the rest in one batch."""
         keys = [self.key(r, params) if self.enabled else None for r in requests]
         known = self.store.cached_outputs([k for k in keys if k]) if self.enabled else {}
+        with self._lock:
+            known.update((k, self._unsaved[k]) for k in keys if k in self._unsaved)
         out: list[Generated | None] = [
             Generated(known[k], True) if k in known else None for k in keys
         ]
         missing = [i for i, item in enumerate(out) if item is None]
         fresh = generate_isolated(self.backend, [requests[i] for i in missing], params)
-        new_cache: dict[str, str] = {}
-        for i, output in zip(missing, fresh, strict=True):
-            out[i] = Generated(output, False)
-            key = keys[i]
-            if key is not None and isinstance(output, str):
-                new_cache[key] = output
-        self.store.cache_outputs(new_cache)
+        with self._lock:
+            for i, output in zip(missing, fresh, strict=True):
+                out[i] = Generated(output, False)
+                key = keys[i]
+                if key is not None and isinstance(output, str):
+                    self._unsaved.setdefault(key, output)
         self.generated += len(missing)
         self.hits += len(requests) - len(missing)
         return [item for item in out if item is not None]

@@ -6,6 +6,7 @@ snapshot functions, to a Method and to a Backend.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable, Sequence
@@ -208,6 +209,7 @@ def _run_in_store(
             )
             summaries.append(loop.run(method_cfgs[method.name], resumed))
     finally:
+        generator.close()
         scorer.close()
     if all(s.processed >= s.total for s in summaries):
         store.set_run_status(run.id, "finished")
@@ -300,14 +302,18 @@ class _MethodLoop:
         try:
             with Heartbeat(self.store, self.run_id, name, self.worker, lease_s) as heartbeat, \
                     finisher:  # fmt: skip
+                batch_size = self.settings.batch_size
                 while True:
                     if not queued:
                         queued = claim_batch(
                             self.store, self.run_id, name, self.worker,
-                            limit=self.settings.batch_size * CLAIM_AHEAD, total=self.total,
-                            lease_s=lease_s, retry_failed_before=started, in_hand=previous,
-                            cursor=cursor,
+                            limit=batch_size * CLAIM_AHEAD, total=self.total, lease_s=lease_s,
+                            retry_failed_before=started, in_hand=previous, cursor=cursor,
                         )  # fmt: skip
+                        # the images of the block's later batches are hashed (for their
+                        # cache keys) in the background while the first one generates
+                        self.generator.prefetch([self.samples[i].image_path
+                                                 for i in queued[batch_size:]])  # fmt: skip
                     if not queued:
                         finisher.wait()
                         heartbeat.hold([])
@@ -322,24 +328,23 @@ class _MethodLoop:
                             waiting_shown = True
                         time.sleep(min(CLAIM_POLL_S, lease_s / 4))
                         continue
-                    claimed = queued[: self.settings.batch_size]
-                    queued = queued[self.settings.batch_size :]
+                    claimed, queued = queued[:batch_size], queued[batch_size:]
                     # the batch being finished stays claimed until it is committed
                     heartbeat.hold(previous + claimed + queued)
                     batch = [self.samples[i] for i in claimed]
                     generated = self._generate(batch)
-                    # the images of the batches after the next are hashed (for their cache keys)
-                    # in the background: the next one starts generating right away
-                    upcoming = [self.samples[i].image_path for i in queued[len(claimed) :]]
-                    finisher.submit(
-                        functools.partial(self._finish, batch, generated, summary, upcoming)
-                    )
+                    # the batch's finisher writes its generations to the cache first thing;
+                    # while it is busy with the previous batch they are written here, at once
+                    if finisher.busy():
+                        self.generator.save()
+                    finisher.submit(functools.partial(self._finish, batch, generated, summary))
                     previous = claimed
                 finisher.wait()
                 heartbeat.hold([])
         except KeyboardInterrupt:
             # the batch already generated is committed before stopping: nothing is lost
             finisher.wait()
+            self.generator.save()
             release(self.store, self.run_id, name, self.worker)
             self.store.set_method_status(self.run_id, name, "interrupted")
             self.store.set_run_status(self.run_id, "interrupted")
@@ -350,6 +355,9 @@ class _MethodLoop:
                 f"(or --run_id {self.run_id})",
             ) from None
         except BaseException:
+            # the generations of a batch that stopped between its passes are kept too
+            with contextlib.suppress(Exception):
+                self.generator.save()
             release(self.store, self.run_id, name, self.worker)
             raise
         finally:
@@ -383,13 +391,13 @@ class _MethodLoop:
         batch: Sequence[Sample],
         generated: _Generated,
         summary: MethodSummary,
-        upcoming: Sequence[Path] = (),
     ) -> None:
         """Score a generated batch and commit it; export the checkpoints its samples reach.
 
         The batch is committed in one transaction, split where a checkpoint falls due,
         so a checkpoint holds exactly the count it is named for when one worker runs.
         """
+        self.generator.save()
         finished = self._score_and_record(batch, generated)
         chunk: list[CommitItem] = []
         count = self._count()
@@ -408,7 +416,6 @@ class _MethodLoop:
             exported = self._checkpoint_if_due(self.processed)
             if exported is not None:
                 summary.checkpoints.append(exported.path)
-        self.generator.warm(upcoming)
 
     def _committed(self, item: CommitItem, inserted: bool, summary: MethodSummary) -> None:
         result = item.result

@@ -68,6 +68,18 @@ def test_a_rerun_hits_the_cache_and_no_cache_does_not(world: World, cli) -> None
     assert "(Cached)" not in forced.output
 
 
+def test_an_image_met_again_a_batch_later_comes_from_the_cache(world: World, cli) -> None:
+    # every image the same bytes: the next batch starts before the first one's outputs are
+    # written to the cache in the background, and must still find them
+    images = sorted(world.dataset.parent.glob("*.png"))
+    for image in images[1:]:
+        image.write_bytes(images[0].read_bytes())
+    result = cli(*world.run_args("--num_samples", "6", "--batch_size", "1"))
+    assert result.exit_code == 0, result.output
+    assert generation_counts(result.output)["baseline"] == (6, 1, 5)
+    assert result.output.count("samples (Cached)...") == 5
+
+
 def test_another_model_prompt_or_parameter_never_hits(world: World, cli, tmp_path: Path) -> None:
     assert cli(*world.run_args("--num_samples", "4")).exit_code == 0
     for extra in (["--max_new_tokens", "64"], ["--seed", "1"], ["--model", "echo-v2"]):

@@ -43,6 +43,7 @@ from cobra_eval.store.checkpoint_schedule import (
     prune_snapshots,
     scheduled_count,
 )
+from cobra_eval.store.engine import json_text
 from cobra_eval.store.models import utcnow
 from cobra_eval.store.repository import RESULT
 from cobra_eval.store.result_writer import write_result
@@ -456,6 +457,27 @@ def test_what_orjson_cannot_write_is_written_exactly_in_the_same_layout() -> Non
     assert data.count(b"\n") == plain.count(b"\n")  # one value per line, as orjson writes
     odd_key = dump_json({"outer": {"\udc80": 2**70}})
     assert json.loads(odd_key) == {"outer": {"\udc80": 2**70}}
+
+
+@pytest.mark.databases
+def test_json_columns_hold_what_the_stdlib_would_write(world: World) -> None:
+    odd = [{"nan": math.nan, "inf": -math.inf}, {"lone": "x\ud800"}, {"big": 2**70, 7: "int key"}]
+    plain = {"f": [1.5e-05, 1e300, -0.0, 5e-324, 1 / 3], "t": "café \u2028 日本", "n": None}
+    for value in [*odd, plain, {"nested": [plain, {"e": {}}]}]:
+        # the same values as json.dumps writes (NaN stays NaN: orjson would write null)
+        assert repr(json.loads(json_text(value))) == repr(json.loads(json.dumps(value)))
+    # and through a database (a lone surrogate and NaN are refused by PostgreSQL's json)
+    with open_store(world) as store:
+        new_run(store, [1, 2, 3], total=3)
+        values = [plain, {"big": 2**70, "m": {7: "int key"}}, {"nested": [plain]}]
+        for image_id, value in enumerate(values, 1):
+            record = ResultRecord(
+                image_id=image_id, reference_captions=["a"], metadata=value, metrics={},
+                generated_caption="a", reasoning_trace="",
+            )  # fmt: skip
+            store.commit_result("r", "baseline", record, worker="w", latency_s=None)
+        stored = [r.metadata for r in store.results("r", "baseline")]
+    assert repr(stored) == repr([json.loads(json.dumps(v)) for v in values])
 
 
 def test_results_are_reindented_safely_whatever_their_strings_hold() -> None:

@@ -8,11 +8,13 @@ so every transaction takes the write lock up front and waits its turn.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
@@ -108,9 +110,25 @@ def busy_timeout_s() -> float:
         return BUSY_TIMEOUT_S
 
 
+def json_text(value: Any) -> str:
+    """A JSON column's text: orjson's where it writes what ``json.dumps`` would read back.
+
+    Compact and UTF-8 (the stdlib's spaced, ASCII-escaped text holds the same values),
+    and several times faster: every result row holds four JSON columns. What orjson
+    refuses (keys that are not strings, integers beyond 64 bits, lone surrogates,
+    other types) and any ``null`` (orjson writes NaN and infinities as null; the
+    stdlib as NaN and Infinity) is written by the stdlib, as before.
+    """
+    try:
+        text = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value)
+    return json.dumps(value) if b"null" in text else text.decode()
+
+
 def make_engine(url: str, *, durability: str = "normal") -> Engine:
     """An engine with the per-dialect settings above; nothing is connected yet."""
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"json_serializer": json_text}
     is_sqlite = make_url(url).get_backend_name() == "sqlite"
     if is_sqlite:
         kwargs["connect_args"] = {"timeout": busy_timeout_s(), "check_same_thread": False}
@@ -143,7 +161,13 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
     def _on_begin(conn: Any) -> None:
         # Readers (see read_only) must not queue behind writers: WAL lets them run alongside.
         read = conn.get_execution_options().get(READ_ONLY_OPTION)
-        conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
+        statement = "BEGIN" if read else "BEGIN IMMEDIATE"
+        # on the driver's connection: SQLAlchemy's execution path made an empty transaction
+        # cost 128 µs instead of 91 (a run begins about 500 per 1,000 samples)
+        try:
+            conn.connection.driver_connection.execute(statement)
+        except sqlite3.Error as exc:
+            raise OperationalError(statement, None, exc) from exc
 
 
 def read_only(engine: Engine) -> Engine:
