@@ -45,8 +45,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchmarks.run_memory import InstantBackend
 from cobra_eval.backends import Backend, BackendOptions, GenerationRequest, create_backend
@@ -88,6 +90,26 @@ class LoopClock(SilentReporter):
         self.last = time.perf_counter()
 
 
+class TimedBackend:
+    """A backend whose generate calls are timed: the model's share of a run's loop."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.seconds = 0.0
+
+    def identity(self) -> dict[str, Any]:
+        return self.inner.identity()
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], params: GenerationParams
+    ) -> Sequence[str | Exception]:
+        started = time.perf_counter()
+        try:
+            return self.inner.generate(requests, params)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
 def bare_generation(backend: Backend, n: int, params: GenerationParams | None = None) -> float:
     samples = select_samples(load_dataset("demo"), n).samples
     requests = [GenerationRequest(image_path=s.image_path, prompt=PROMPT) for s in samples]
@@ -100,8 +122,8 @@ def bare_generation(backend: Backend, n: int, params: GenerationParams | None = 
 
 def one_run(
     backend: Backend, n: int, folder: Path, params: GenerationParams | None = None
-) -> tuple[float, float]:
-    """(whole, loop) wall seconds of a --metrics none run of n samples."""
+) -> tuple[float, float, float]:
+    """(whole, loop, generate) wall seconds of a --metrics none run of n samples."""
     settings = RunSettings(
         method="baseline",
         num_samples=n,
@@ -112,9 +134,10 @@ def one_run(
         generation=params or GenerationParams(),
     )
     clock = LoopClock()
+    timed = TimedBackend(backend)
     started = time.perf_counter()
-    run_evaluation(settings, backend=backend, reporter=clock)
-    return time.perf_counter() - started, clock.last - clock.started
+    run_evaluation(settings, backend=timed, reporter=clock)
+    return time.perf_counter() - started, clock.last - clock.started, timed.seconds
 
 
 @dataclass
@@ -126,6 +149,10 @@ class Overhead:
     loop: list[float] = field(default_factory=list)
     pairs: list[float] = field(default_factory=list)
     pairs_whole: list[float] = field(default_factory=list)
+    #: each run's loop time outside its generate calls, in percent of its generate time
+    outside: list[float] = field(default_factory=list)
+    #: each repeat's generate time inside its runs against its bare loops, in percent
+    slowed: list[float] = field(default_factory=list)
 
     def report(self) -> None:
         loop, whole = statistics.median(self.pairs), statistics.median(self.pairs_whole)
@@ -135,6 +162,12 @@ class Overhead:
         print(f"tool overhead of each repeat (bare, run, run, bare): {percents(self.pairs)}")
         print(f"tool overhead (metrics none vs bare generation): loop {loop:.1f}%, "
               f"whole {whole:.1f}%")  # fmt: skip
+        print(f"the run's loop outside generate calls (the model's thread waiting for the "
+              f"tool), in percent of its generate time: {statistics.median(self.outside):.1f}% "
+              f"({percents(self.outside)})")  # fmt: skip
+        print(f"generate calls inside the runs vs the bare loops (the tool's other threads "
+              f"taking CPU from the model): {statistics.median(self.slowed):.1f}% "
+              f"({percents(self.slowed)})")  # fmt: skip
 
 
 def measure_overhead(
@@ -150,6 +183,8 @@ def measure_overhead(
         out.bare += [first, last]
         out.whole += [r[0] for r in runs]
         out.loop += [r[1] for r in runs]
+        out.outside += [(r[1] / r[2] - 1) * 100 for r in runs]
+        out.slowed.append((sum(r[2] for r in runs) / (first + last) - 1) * 100)
         out.pairs.append((sum(r[1] for r in runs) / (first + last) - 1) * 100)
         out.pairs_whole.append((sum(r[0] for r in runs) / (first + last) - 1) * 100)
     return out
