@@ -47,7 +47,14 @@ NOTES = """\
   alone is about 3 times the 5% budget. A process that keeps 15% of one core
   busy slows the bare loop by half to more than all of that share (the line
   above the shell runs): the model leaves little of either core idle, so the
-  tool's CPU comes out of generation wherever it runs. A model that takes
+  tool's CPU comes out of generation wherever it runs. The same runs split the
+  overhead in two, each part measured inside the runs themselves: the loop's
+  time outside generate calls (the model's thread claiming, looking the cache
+  up, handing the batch over: steady from repeat to repeat, as it needs no
+  comparison with other loops), and generate itself running slower inside a run
+  than in the bare loops (the finisher's commits and exports and the hashing
+  thread take CPU and the GIL from the model; this part carries the machine's
+  drift). A model that takes
   longer per caption dilutes these per-batch costs: scaled_overhead measures
   the same overhead beside the demo's LLaVA scaled up (random weights, about 15
   times slower per caption), where it is well under 5%. Real-scale figures on a
