@@ -43,8 +43,9 @@ NOTES = """\
   to about 10 points. The demo model writes a caption in about 3.5 ms at batch
   16, on both cores, so the tool's work is not hidden behind it. The same run
   with an instant backend shows the tool's own CPU (claims, cache lookups and
-  writes, commits, checkpoint exports: about 8-9 ms per batch of 16), and that
-  alone is about 3 times the 5% budget. A process that keeps 15% of one core
+  writes, commits, checkpoint exports: 9-16 ms per batch of 16 in the runs so
+  far, as this machine's speed varied), and that alone is about 3 times the 5%
+  budget. A process that keeps 15% of one core
   busy slows the bare loop by half to more than all of that share (the line
   above the shell runs): the model leaves little of either core idle, so the
   tool's CPU comes out of generation wherever it runs. The same runs split the
@@ -54,11 +55,12 @@ NOTES = """\
   comparison with other loops), and generate itself running slower inside a run
   than in the bare loops (the finisher's commits and exports and the hashing
   thread take CPU and the GIL from the model; this part carries the machine's
-  drift). A model that takes
-  longer per caption dilutes these per-batch costs: scaled_overhead measures
-  the same overhead beside the demo's LLaVA scaled up (random weights, about 15
-  times slower per caption), where it is well under 5%. Real-scale figures on a
-  GPU are not measured (no GPU was lent).
+  drift). A model that takes longer per caption dilutes these per-batch costs:
+  scaled_overhead measures the same overhead beside the demo's LLaVA scaled up
+  (random weights, about 15 times slower per caption), where the model's thread
+  waits for the tool under 1% of its generate time; its whole figure, from
+  three repeats of a longer loop, moves with the machine's drift (2% and 8% in
+  two runs). Real-scale figures on a GPU are not measured (no GPU was lent).
 - **All metrics vs none** includes METEOR, whose JVM loads a 62 MB paraphrase
   table (about 7 CPU-seconds) and then aligns each caption on the same two cores
   the CPU-bound demo model runs on. Two lower bounds are printed. Half the
