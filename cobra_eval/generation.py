@@ -66,8 +66,9 @@ class CachedGenerator:
     def save(self) -> None:
         """Write the generations made since the last save to the cache, in one transaction.
 
-        The runner calls it first thing when it finishes a batch (in the background,
-        right after the batch was generated): the model's thread writes nothing.
+        The runner calls it first thing when it finishes a batch, in the background
+        right after the batch was generated; the model's thread calls it only while
+        the batch before is still being finished (it would wait for that anyway).
         """
         with self._lock:
             unsaved = dict(self._unsaved)
