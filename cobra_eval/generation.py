@@ -72,6 +72,8 @@ class CachedGenerator:
         """
         with self._lock:
             unsaved = dict(self._unsaved)
+        if not unsaved:
+            return
         # kept until written: a lookup meanwhile finds them, a failed write leaves them
         self.store.cache_outputs(unsaved)
         with self._lock:
@@ -118,9 +120,13 @@ class CachedGenerator:
     ) -> list[Generated]:
         """Outputs for every request, from the cache where possible, the rest in one batch."""
         keys = [self.key(r, params) if self.enabled else None for r in requests]
-        known = self.store.cached_outputs([k for k in keys if k]) if self.enabled else {}
+        # outputs not written yet first: one whose write commits meanwhile is then in the
+        # database (save forgets them only after), and the query asks for the others only
         with self._lock:
-            known.update((k, self._unsaved[k]) for k in keys if k in self._unsaved)
+            known = {k: self._unsaved[k] for k in keys if k in self._unsaved}
+        rest = [k for k in keys if k and k not in known]
+        if rest:
+            known.update(self.store.cached_outputs(rest))
         out: list[Generated | None] = [
             Generated(known[k], True) if k in known else None for k in keys
         ]
