@@ -33,6 +33,7 @@ from sqlalchemy import (
     update,
 )
 
+from cobra_eval.store import sqlite_direct
 from cobra_eval.store.engine import process_alive, user_at_host
 from cobra_eval.store.models import ExportLease, SampleClaim, utcnow
 from cobra_eval.store.repository import PLAN, RESULT, Store, Upsert
@@ -107,14 +108,14 @@ def claim_batch(
         keys = {"run_id": run_id, "method": method, "worker": worker, "now": now,
                 "retry_before": retry_failed_before, "total": total, "in_hand": list(in_hand),
                 "limit": limit, "start": start}  # fmt: skip
-        found = conn.execute(_PENDING, keys).all()
+        found = sqlite_direct.rows(conn, _PENDING, keys)
         if not found and start >= 0:
-            found = conn.execute(_PENDING, {**keys, "start": -1}).all()
+            found = sqlite_direct.rows(conn, _PENDING, {**keys, "start": -1})
         if not found:
             return []
         if cursor is not None:
-            cursor.position = max(row.position for row in found)
-        candidates = [row.image_id for row in found]
+            cursor.position = max(position for _, position in found)
+        candidates = [image_id for image_id, _ in found]
         expires = now + timedelta(seconds=lease_s)
         rows = [{"run_id": run_id, "method": method, "image_id": i, "worker": worker,
                  "claimed_at": now, "expires_at": expires} for i in candidates]  # fmt: skip
@@ -285,18 +286,19 @@ def acquire_export_lease(
     now = utcnow()
     key = {"run_id": run_id, "method": method}
     with store.engine.begin() as conn:
-        holder = conn.execute(_LEASE_HOLDER, key).scalar_one_or_none()
+        holder = sqlite_direct.scalar(conn, _LEASE_HOLDER, key)
         if holder is not None and _dead_local(holder):
             # its writer was killed mid-export: the lease is over now, not at expiry
             conn.execute(_LEASE_DROP, key)
         row = {**key, "worker": worker, "expires_at": now + timedelta(seconds=lease_s), "now": now}
-        return conn.execute(_LEASE_TAKE(conn), row).first() is not None
+        return bool(sqlite_direct.rows(conn, _LEASE_TAKE(conn), row))
 
 
 def release_export_lease(store: Store, run_id: str, method: str, worker: str) -> None:
     """Give the export lease back."""
     with store.engine.begin() as conn:
-        conn.execute(_LEASE_RELEASE, {"run_id": run_id, "method": method, "worker": worker})
+        keys = {"run_id": run_id, "method": method, "worker": worker}
+        sqlite_direct.rows(conn, _LEASE_RELEASE, keys)
 
 
 class Heartbeat:

@@ -119,6 +119,8 @@ def json_text(value: Any) -> str:
     other types) and any ``null`` (orjson writes NaN and infinities as null; the
     stdlib as NaN and Infinity) is written by the stdlib, as before.
     """
+    if value is None:
+        return "null"  # SQLAlchemy's JSON writes None as JSON null (a result's scoring)
     try:
         text = orjson.dumps(value)
     except orjson.JSONEncodeError:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cobra_eval import __version__
 from cobra_eval.errors import StoreError
-from cobra_eval.store import result_writer
+from cobra_eval.store import result_writer, sqlite_direct
 from cobra_eval.store.checkpoint_io import ResultRecord
 from cobra_eval.store.engine import (
     mask_url,
@@ -554,16 +554,15 @@ class Store:
     def last_checkpoint_count(self, run_id: str, method: str) -> int:
         """The sample count of the newest periodic checkpoint recorded (0 if none)."""
         with self.reader.connect() as conn:
-            found = conn.execute(_LAST_CHECKPOINT, {"run_id": run_id, "method": method})
-            return int(found.scalar_one())
+            keys = {"run_id": run_id, "method": method}
+            return int(sqlite_direct.scalar(conn, _LAST_CHECKPOINT, keys))
 
     def cached_outputs(self, keys: Sequence[str]) -> dict[str, str]:
         """Cached generations for these keys (missing keys are absent)."""
         if not keys:
             return {}
         with self.reader.connect() as conn:
-            rows = conn.execute(_CACHED, {"keys": sorted(set(keys))}).all()
-        return {row.key: row.output for row in rows}
+            return dict(sqlite_direct.rows(conn, _CACHED, {"keys": sorted(set(keys))}))
 
     def cache_outputs(self, outputs: dict[str, str]) -> None:
         """Remember generations; a key already present keeps its first output."""
@@ -572,7 +571,7 @@ class Store:
         now = utcnow()
         rows = [{"key": key, "output": text, "created_at": now} for key, text in outputs.items()]
         with self.engine.begin() as conn:
-            conn.execute(_CACHE_INSERT(conn), rows)
+            sqlite_direct.execute_many(conn, _CACHE_INSERT(conn), rows)
 
     def record_checkpoint(
         self,
@@ -589,7 +588,7 @@ class Store:
         row = {"run_id": run_id, "method": method, "count": count, "is_final": is_final,
                "path": path, "bytes": size, "sha256": sha256, "created_at": utcnow()}  # fmt: skip
         with self.engine.begin() as conn:
-            conn.execute(_RECORD_CHECKPOINT, row)
+            sqlite_direct.rows(conn, _RECORD_CHECKPOINT, row)
 
 
 def _retry_on_conflict(action: Callable[[], None], attempts: int = 5) -> None:

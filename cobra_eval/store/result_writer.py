@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
+from cobra_eval.store import sqlite_direct
 from cobra_eval.store.checkpoint_io import ResultRecord
 from cobra_eval.store.models import MetricValue, RunMethod, SamplePass, SampleResult, utcnow
 
@@ -40,6 +41,17 @@ _EXISTING = {
 # statement; in parameter order it would insert one row per statement on SQLite
 _INSERT_RESULT = insert(RESULT).returning(RESULT.c.image_id, RESULT.c.id)
 _INSERT_PASS = insert(PASS).returning(PASS.c.result_id, PASS.c.pass_index, PASS.c.id)
+_RESULT_COLUMNS = (
+    "run_id", "method", "image_id", "status", "error", "reference_captions", "generated_caption",
+    "reasoning_trace", "metadata", "metrics", "scoring", "worker", "latency_s", "created_at",
+)  # fmt: skip
+_PASS_COLUMNS = (
+    "result_id", "pass_index", "name", "prompt", "raw_output", "caption", "reasoning",
+    "parse_status", "metrics",
+)  # fmt: skip
+# SQLite: the same rows and RETURNING through its own cursor (sqlite_direct)
+_SQLITE_RESULT = sqlite_direct.InsertReturning(RESULT, _RESULT_COLUMNS, ("image_id", "id"))
+_SQLITE_PASS = sqlite_direct.InsertReturning(PASS, _PASS_COLUMNS, ("result_id", "pass_index", "id"))
 
 
 def bump_revision(conn: Connection, run_id: str | Sequence[str], method: str | None = None) -> None:
@@ -74,18 +86,17 @@ def write_results(
     never committed twice.
     """
     ids = [item.result.image_id for item in items]
-    # a batch looks up its own samples; an import of thousands reads the method's rows once
-    few = len(ids) <= _BY_ID_LIMIT
-    keys = {"run_id": run_id, "method": method, "ids": ids}
-    existing = {row.image_id: row for row in conn.execute(_EXISTING[few], keys)}
+    existing = {
+        image_id: (id_, status) for id_, image_id, status in _existing(conn, run_id, method, ids)
+    }
     fresh: list[CommitItem] = []
     replaced: list[int] = []
     for item in items:
         old = existing.get(item.result.image_id)
         if old is not None:
-            if old.status == "ok":
+            if old[1] == "ok":
                 continue
-            replaced.append(old.id)
+            replaced.append(old[0])
         fresh.append(item)
     if replaced:
         bump_revision(conn, run_id, method)
@@ -98,41 +109,28 @@ def write_results(
     if not fresh:
         return [False] * len(items)
     now = utcnow()
-    inserted = conn.execute(
-        _INSERT_RESULT,
-        [
-            {
-                "run_id": run_id,
-                "method": method,
-                "image_id": r.image_id,
-                "status": r.status,
-                "error": r.metadata.get("error") if r.status == "failed" else None,
-                "reference_captions": r.reference_captions,
-                "generated_caption": r.generated_caption,
-                "reasoning_trace": r.reasoning_trace,
-                "metadata": r.metadata,
-                "metrics": r.metrics,
-                "scoring": item.scoring,
-                "worker": worker,
-                "latency_s": item.latency_s,
-                "created_at": now,
-            }
-            for item in fresh
-            for r in (item.result,)
-        ],
-    )
+    result_rows = [
+        (
+            run_id, method, r.image_id, r.status,
+            r.metadata.get("error") if r.status == "failed" else None,
+            r.reference_captions, r.generated_caption, r.reasoning_trace, r.metadata, r.metrics,
+            item.scoring, worker, item.latency_s, now,
+        )
+        for item in fresh
+        for r in (item.result,)
+    ]  # fmt: skip
     # image ids are unique in a run and method
-    id_of: dict[int, int] = {image_id: id_ for image_id, id_ in inserted}
+    id_of: dict[int, int] = dict(_insert(conn, _SQLITE_RESULT, _INSERT_RESULT, result_rows))
     result_ids = [id_of[item.result.image_id] for item in fresh]
     passes = [_passes(item.result) for item in fresh]
     pass_rows = [
-        {"result_id": result_id, "pass_index": index, **row}
+        (result_id, index, *row)
         for result_id, found in zip(result_ids, passes, strict=True)
         for index, row, _ in found
     ]
     pass_id: dict[tuple[int, int], int] = {}
     if pass_rows:
-        found_ids = conn.execute(_INSERT_PASS, pass_rows)
+        found_ids = _insert(conn, _SQLITE_PASS, _INSERT_PASS, pass_rows)
         pass_id = {(result_id, index): id_ for result_id, index, id_ in found_ids}
     # per result: its own metrics, then each pass's
     metrics: list[tuple[int, int | None, str, float]] = []
@@ -143,6 +141,29 @@ def write_results(
     if metrics:
         _insert_metrics(conn, metrics)
     return [image_id in written for image_id in ids]
+
+
+def _existing(
+    conn: Connection, run_id: str, method: str, ids: list[int]
+) -> Sequence[tuple[int, int, str]]:
+    """(id, image_id, status) of the method's rows for these image ids (or all of them)."""
+    # a batch looks up its own samples; an import of thousands reads the method's rows once
+    few = len(ids) <= _BY_ID_LIMIT
+    keys = {"run_id": run_id, "method": method, "ids": ids}
+    return sqlite_direct.rows(conn, _EXISTING[few], keys)
+
+
+def _insert(
+    conn: Connection,
+    direct: sqlite_direct.InsertReturning,
+    statement: Any,
+    rows: list[tuple[Any, ...]],
+) -> Sequence[tuple[Any, ...]]:
+    """INSERT rows (tuples in direct.columns order); the RETURNING rows, in any order."""
+    if sqlite_direct.is_sqlite(conn):
+        return direct(conn, rows)
+    params = [dict(zip(direct.columns, row, strict=True)) for row in rows]
+    return [tuple(row) for row in conn.execute(statement, params)]
 
 
 def write_result(
@@ -201,8 +222,8 @@ def _insert_metrics(conn: Connection, rows: list[tuple[int, int | None, str, flo
     conn.exec_driver_sql(str(compiled), params)
 
 
-def _passes(result: ResultRecord) -> list[tuple[int, dict[str, Any], Any]]:
-    """(index, sample_pass columns, metrics) of each pass in a result's metadata."""
+def _passes(result: ResultRecord) -> list[tuple[int, tuple[Any, ...], Any]]:
+    """(index, sample_pass columns from name on, metrics) of each pass in a result's metadata."""
     items = result.metadata.get("passes")
     if not isinstance(items, list):
         return []
@@ -211,14 +232,14 @@ def _passes(result: ResultRecord) -> list[tuple[int, dict[str, Any], Any]]:
         if not isinstance(item, dict):
             continue
         metrics = item.get("metrics")
-        row = {
-            "name": str(item.get("name", f"pass{index + 1}")),
-            "prompt": str(item.get("prompt", "")),
-            "raw_output": str(item.get("raw_output", "")),
-            "caption": str(item.get("caption", "")),
-            "reasoning": str(item.get("reasoning", "")),
-            "parse_status": str(item.get("parse_status", "ok")),
-            "metrics": metrics if isinstance(metrics, dict) else {},
-        }
+        row = (
+            str(item.get("name", f"pass{index + 1}")),
+            str(item.get("prompt", "")),
+            str(item.get("raw_output", "")),
+            str(item.get("caption", "")),
+            str(item.get("reasoning", "")),
+            str(item.get("parse_status", "ok")),
+            metrics if isinstance(metrics, dict) else {},
+        )
         out.append((index, row, metrics))
     return out

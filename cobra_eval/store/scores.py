@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from cobra_eval.store import sqlite_direct
 from cobra_eval.store.models import CiderDocumentFrequency, utcnow
 from cobra_eval.store.repository import CORPUS, METRIC, PASS, RESULT, Store
 from cobra_eval.store.result_writer import bump_revision, metric_rows
@@ -165,13 +166,15 @@ def latest_corpus_in(
     """latest_corpus_metrics through a given connection (inside its transaction)."""
     keys = {"run_id": run_id, "method": method}
     if scope is None:
-        newest = conn.execute(_NEWEST, keys).first()
+        found = sqlite_direct.rows(conn, _NEWEST, keys)
     else:
-        newest = conn.execute(_NEWEST_OF_SCOPE, {**keys, "scope": scope}).first()
-    if newest is None:
+        found = sqlite_direct.rows(conn, _NEWEST_OF_SCOPE, {**keys, "scope": scope})
+    if not found:
         return None
-    rows = conn.execute(_SET, {**keys, **newest._asdict()}).all()
-    return CorpusRecord(newest.n_samples, newest.scope, {r.metric: r.value for r in rows})
+    created_at, scope, n_samples = found[0]
+    newest = {"created_at": created_at, "scope": scope, "n_samples": n_samples}
+    scores = dict(sqlite_direct.rows(conn, _SET, {**keys, **newest}))
+    return CorpusRecord(n_samples, scope, scores)
 
 
 def stored_document_frequency(store: Store, run_id: str, n_images: int) -> bytes | None:

@@ -41,6 +41,7 @@ from sqlalchemy import (
 from cobra_eval import __version__
 from cobra_eval.config import SETTINGS_KEY
 from cobra_eval.errors import StoreError
+from cobra_eval.store import sqlite_direct
 from cobra_eval.store.checkpoint_io import (
     CheckpointFile,
     CheckpointInfo,
@@ -267,7 +268,7 @@ def _grown(
     if earlier is None or earlier.revision != revision:
         return None
     # nothing up to its last result was added or removed (the revision covers changes in place)
-    if conn.execute(_UP_TO, {**keys, "last_id": earlier.last_id}).scalar_one() != earlier.count:
+    if sqlite_direct.scalar(conn, _UP_TO, {**keys, "last_id": earlier.last_id}) != earlier.count:
         return None
     return results_since(
         conn, keys["run_id"], keys["method"], earlier.last_id, total=total,
@@ -353,11 +354,11 @@ def _head(
 ) -> tuple[CheckpointFile, _Counts, Since | None]:
     """The document without its results, its counts, and what was added since earlier."""
     keys = {"run_id": run_id, "method": method}
-    progress = conn.execute(_PROGRESS, keys).first()
-    if progress is None or progress.run_config is None:
+    found = sqlite_direct.rows(conn, _PROGRESS, keys)
+    if not found or found[0][4] is None:
         raise StoreError(f"run {run_id!r} has no method {method!r} in {store.display}")
-    total = progress.total_planned
-    grown = _grown(conn, keys, total, progress.revision, earlier)
+    config, settings, total, revision, run_config = found[0]
+    grown = _grown(conn, keys, total, revision, earlier)
     if grown is not None and earlier is not None:
         count, failed = earlier.count + grown.count, earlier.failed + grown.failed
     else:
@@ -370,13 +371,12 @@ def _head(
     # only scores of exactly these results: older ones would describe another set
     if corpus is not None and corpus.n_samples != count - failed:
         corpus = None
-    run_config = progress.run_config
     if isinstance(run_config, str | bytes):  # a scalar subquery's JSON comes back as text
         run_config = loads_exact(run_config)
     document = CheckpointFile(
         meta=CheckpointMeta(
             timestamp=when.isoformat(timespec="seconds"),
-            config={**run_config, "method": progress.config, SETTINGS_KEY: progress.settings},
+            config={**run_config, "method": config, SETTINGS_KEY: settings},
             method=method,
             samples_processed=count,
             total_samples=total,
@@ -390,7 +390,7 @@ def _head(
         corpus_metrics=corpus,
         results=[],
     )
-    return document, _Counts(count, failed, total, in_plan, progress.revision), grown
+    return document, _Counts(count, failed, total, in_plan, revision), grown
 
 
 def _latest_corpus(conn: Connection, run_id: str, method: str) -> CorpusMetrics | None:
@@ -410,7 +410,7 @@ def _planned_rows(
     if after is not None:
         query = _PLANNED_SINCE
         keys |= {"last_position": after.last_position, "last_id": after.last_id}
-    rows = conn.execute(query, keys, execution_options={"yield_per": CHUNK_ROWS})
+    rows = sqlite_direct.stream(conn, query, keys, size=CHUNK_ROWS)
     try:
         yield from _ties_by_id(rows)
     finally:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import BindParameter, Connection, and_, bindparam, case, func, literal, select
 
+from cobra_eval.store import sqlite_direct
 from cobra_eval.store.repository import (
     COUNT_IN_PLAN,
     COUNT_RESULTS,
@@ -92,8 +93,7 @@ def results_since(
     """Count the method's results with ids after last_id (reads only those rows)."""
     keys = {"run_id": run_id, "method": method, "last_id": last_id, "total": total,
             "last_position": last_position}  # fmt: skip
-    row = conn.execute(_SINCE, keys).one()
-    return Since(*row)
+    return Since(*sqlite_direct.rows(conn, _SINCE, keys)[0])
 
 
 class ResultTally:
@@ -126,7 +126,8 @@ class ResultTally:
                 self._last_id = since.last_id or self._last_id
             else:
                 keys = {"run_id": self.run_id, "method": self.method, "total": total}
-                count, last_id, revision = conn.execute(_ALL[self.limit is not None], keys).one()
+                found = sqlite_direct.rows(conn, _ALL[self.limit is not None], keys)
+                count, last_id, revision = found[0]
                 self._count, self._last_id, self._revision = count, last_id or 0, revision
         self._reads += 1
         return self._count
