@@ -92,10 +92,8 @@ def test_parameters_and_rows_convert_as_with_sqlalchemy(store: Store, tmp_path: 
     with store.engine.begin() as conn:
         sqlite_direct.rows(conn, insert(CHECKPOINT), row)
         conn.execute(insert(CHECKPOINT), {**row, "count": 20})
-        sqlite_direct.execute_many(conn, insert(CACHE), [
-            {"key": "a", "output": "é", "created_at": now},
-            {"key": "b", "output": "x", "created_at": now},
-        ])  # fmt: skip
+        cache = sqlite_direct.InsertMany(insert(CACHE), ("key", "output", "created_at"))
+        assert cache(conn, [("a", "é", now), ("b", "x", now)]) == []
         conn.execute(insert(CACHE), {"key": "c", "output": "é", "created_at": now})
     stored = raw(tmp_path / "direct.db", "SELECT count, is_final, created_at FROM checkpoint")
     assert stored[0][1:] == stored[1][1:]

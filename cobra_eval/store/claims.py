@@ -117,10 +117,8 @@ def claim_batch(
             cursor.position = max(position for _, position in found)
         candidates = [image_id for image_id, _ in found]
         expires = now + timedelta(seconds=lease_s)
-        rows = [{"run_id": run_id, "method": method, "image_id": i, "worker": worker,
-                 "claimed_at": now, "expires_at": expires} for i in candidates]  # fmt: skip
-        # the rows go as parameters, not literal VALUES: the statement compiles once
-        won = set(conn.execute(_CLAIM_TAKE(conn), rows).scalars())
+        rows = [(run_id, method, i, worker, now, expires) for i in candidates]
+        won = {image_id for (image_id,) in _CLAIM_WRITE(conn, rows)}
     return [i for i in candidates if i in won]
 
 
@@ -176,6 +174,9 @@ def _claim_conflict(stmt: Any) -> Any:
 
 
 _CLAIM_TAKE = Upsert(CLAIM, _claim_conflict)
+_CLAIM_WRITE = sqlite_direct.InsertMany(
+    _CLAIM_TAKE, ("run_id", "method", "image_id", "worker", "claimed_at", "expires_at")
+)
 
 
 def renew(

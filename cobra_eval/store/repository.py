@@ -104,6 +104,7 @@ class Upsert:
 
 # a key another worker cached first keeps its output: the cache is complete
 _CACHE_INSERT = Upsert(CACHE, lambda insert: insert.on_conflict_do_nothing(index_elements=["key"]))
+_CACHE_WRITE = sqlite_direct.InsertMany(_CACHE_INSERT, ("key", "output", "created_at"))
 
 
 @dataclass(frozen=True)
@@ -569,9 +570,9 @@ class Store:
         if not outputs:
             return
         now = utcnow()
-        rows = [{"key": key, "output": text, "created_at": now} for key, text in outputs.items()]
+        rows = [(key, text, now) for key, text in outputs.items()]
         with self.engine.begin() as conn:
-            sqlite_direct.execute_many(conn, _CACHE_INSERT(conn), rows)
+            _CACHE_WRITE(conn, rows)
 
     def record_checkpoint(
         self,

@@ -49,9 +49,8 @@ _PASS_COLUMNS = (
     "result_id", "pass_index", "name", "prompt", "raw_output", "caption", "reasoning",
     "parse_status", "metrics",
 )  # fmt: skip
-# SQLite: the same rows and RETURNING through its own cursor (sqlite_direct)
-_SQLITE_RESULT = sqlite_direct.InsertReturning(RESULT, _RESULT_COLUMNS, ("image_id", "id"))
-_SQLITE_PASS = sqlite_direct.InsertReturning(PASS, _PASS_COLUMNS, ("result_id", "pass_index", "id"))
+_WRITE_RESULTS = sqlite_direct.InsertMany(_INSERT_RESULT, _RESULT_COLUMNS)
+_WRITE_PASSES = sqlite_direct.InsertMany(_INSERT_PASS, _PASS_COLUMNS)
 
 
 def bump_revision(conn: Connection, run_id: str | Sequence[str], method: str | None = None) -> None:
@@ -120,7 +119,7 @@ def write_results(
         for r in (item.result,)
     ]  # fmt: skip
     # image ids are unique in a run and method
-    id_of: dict[int, int] = dict(_insert(conn, _SQLITE_RESULT, _INSERT_RESULT, result_rows))
+    id_of: dict[int, int] = dict(_WRITE_RESULTS(conn, result_rows))
     result_ids = [id_of[item.result.image_id] for item in fresh]
     passes = [_passes(item.result) for item in fresh]
     pass_rows = [
@@ -130,7 +129,7 @@ def write_results(
     ]
     pass_id: dict[tuple[int, int], int] = {}
     if pass_rows:
-        found_ids = _insert(conn, _SQLITE_PASS, _INSERT_PASS, pass_rows)
+        found_ids = _WRITE_PASSES(conn, pass_rows)
         pass_id = {(result_id, index): id_ for result_id, index, id_ in found_ids}
     # per result: its own metrics, then each pass's
     metrics: list[tuple[int, int | None, str, float]] = []
@@ -151,19 +150,6 @@ def _existing(
     few = len(ids) <= _BY_ID_LIMIT
     keys = {"run_id": run_id, "method": method, "ids": ids}
     return sqlite_direct.rows(conn, _EXISTING[few], keys)
-
-
-def _insert(
-    conn: Connection,
-    direct: sqlite_direct.InsertReturning,
-    statement: Any,
-    rows: list[tuple[Any, ...]],
-) -> Sequence[tuple[Any, ...]]:
-    """INSERT rows (tuples in direct.columns order); the RETURNING rows, in any order."""
-    if sqlite_direct.is_sqlite(conn):
-        return direct(conn, rows)
-    params = [dict(zip(direct.columns, row, strict=True)) for row in rows]
-    return [tuple(row) for row in conn.execute(statement, params)]
 
 
 def write_result(

@@ -17,7 +17,7 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Executable, Insert, Table
+from sqlalchemy import Connection, Dialect, Executable, Insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -88,39 +88,6 @@ def stream(
                 yield from prepared.converted(block)
         except sqlite3.Error as exc:
             raise DBAPIError.instance(sql, values, exc, sqlite3.Error) from exc
-    finally:
-        cursor.close()
-
-
-def execute_many(
-    conn: Connection, statement: Executable, params: Sequence[Mapping[str, Any]]
-) -> None:
-    """A statement that returns no rows, run once per set of parameters (same keys in each)."""
-    if not params:
-        return
-    if not is_sqlite(conn):
-        conn.execute(statement, list(params))
-        return
-    prepared = _prepared(conn.dialect, statement, params[0])
-    compiled = prepared.compiled
-    names = compiled.positiontup or []
-    convert = [prepared.binds.get(name) for name in names]
-    # a bind with a value of its own (a literal in the statement) needs no parameter
-    fixed = {name: bind.value for name, bind in compiled.binds.items() if not bind.required}
-    values = [
-        [
-            value if c is None else c(value)
-            for name, c in zip(names, convert, strict=True)
-            for value in (one[name] if name in one or name not in fixed else fixed[name],)
-        ]
-        for one in params
-    ]
-    sql = compiled.string
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.executemany(sql, values)
-    except sqlite3.Error as exc:
-        raise DBAPIError.instance(sql, values, exc, sqlite3.Error) from exc
     finally:
         cursor.close()
 
@@ -198,59 +165,58 @@ def placeholders(count: int) -> str:
     return ", ".join("?" * count)
 
 
-class InsertReturning:
-    """Many-row INSERT … RETURNING into one table, chunked under MAX_PARAMETERS.
+class InsertMany:
+    """Rows inserted many to a statement: INSERT … VALUES (…), (…) [ON CONFLICT …] [RETURNING …].
 
-    Rows are tuples in ``columns`` order; each value goes through its column
-    type's bind processor (JSON text, timestamps) as in SQLAlchemy. The returned
-    rows come in no particular order, as with RETURNING in SQLite.
+    The statement is a SQLAlchemy insert (an upsert, with RETURNING or not), or a
+    function of the connection giving one per dialect; rows are tuples in
+    ``columns`` order. On SQLite, its compiled SQL's VALUES group is repeated for
+    as many rows as fit under MAX_PARAMETERS, values processed as SQLAlchemy
+    would; elsewhere SQLAlchemy runs it with one set of parameters per row.
+    Returned rows come in no particular order.
     """
 
-    def __init__(self, table: Table, columns: Sequence[str], returning: Sequence[str]):
-        self.table, self.columns, self.returning = table, tuple(columns), tuple(returning)
+    def __init__(self, statement: Insert | Callable[[Connection], Insert], columns: Sequence[str]):
+        self.statement, self.columns = statement, tuple(columns)
         self.rows_per_statement = max(MAX_PARAMETERS // len(self.columns), 1)
-        self._sql: dict[int, str] = {}
-        # per dialect: a JSON processor holds its engine's serializer
-        self._processors: weakref.WeakKeyDictionary[Any, list[Callable[[Any], Any] | None]]
-        self._processors = weakref.WeakKeyDictionary()
+        self._sql: dict[tuple[int, int], str] = {}
 
     def __call__(self, conn: Connection, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
-        processors = self._bind_processors(conn)
-        converted = [
-            [
-                value if convert is None else convert(value)
-                for convert, value in zip(processors, row, strict=True)
-            ]
+        statement = self.statement if isinstance(self.statement, Insert) else self.statement(conn)
+        if not rows:
+            return []
+        if not is_sqlite(conn):
+            params = [dict(zip(self.columns, row, strict=True)) for row in rows]
+            result = conn.execute(statement, params)
+            return [tuple(row) for row in result] if result.returns_rows else []
+        prepared = _prepared(conn.dialect, statement, dict.fromkeys(self.columns))
+        convert = [prepared.binds.get(name) for name in self.columns]
+        values = [
+            value if c is None else c(value)
             for row in rows
+            for c, value in zip(convert, row, strict=True)
         ]
         out: list[tuple[Any, ...]] = []
-        step = self.rows_per_statement
-        for start in range(0, len(converted), step):
-            chunk = converted[start : start + step]
-            out += fetch(conn, self._statement(conn, len(chunk)), [v for row in chunk for v in row])
-        return out
+        step, width = self.rows_per_statement, len(self.columns)
+        for start in range(0, len(rows), step):
+            count = min(step, len(rows) - start)
+            sql = self._many(prepared, count)
+            out += fetch(conn, sql, values[start * width : (start + count) * width])
+        return prepared.converted(out)
 
-    def _bind_processors(self, conn: Connection) -> list[Callable[[Any], Any] | None]:
-        dialect = conn.dialect
-        found = self._processors.get(dialect)
-        if found is None:
-            found = [
-                self.table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-                for name in self.columns
-            ]
-            self._processors[dialect] = found
-        return found
-
-    def _statement(self, conn: Connection, rows: int) -> str:
-        sql = self._sql.get(rows)
+    def _many(self, prepared: _Prepared, rows: int) -> str:
+        key = (id(prepared.statement), rows)
+        sql = self._sql.get(key)
         if sql is None:
-            quote = conn.dialect.identifier_preparer.quote
-            row = f"({placeholders(len(self.columns))})"
-            sql = (
-                f"INSERT INTO {quote(self.table.name)} "
-                f"({', '.join(quote(name) for name in self.columns)}) "
-                f"VALUES {', '.join([row] * rows)} "
-                f"RETURNING {', '.join(quote(name) for name in self.returning)}"
-            )
-            self._sql[rows] = sql
+            one = prepared.compiled.string
+            if list(prepared.compiled.positiontup or ()) != list(self.columns):
+                raise ValueError(f"{one!r} binds more than the columns {self.columns}")
+            group = f"({placeholders(len(self.columns))})"
+            head, found, tail = one.partition(f"VALUES {group}")
+            if not found:
+                raise ValueError(f"no VALUES {group} in {one!r}")
+            sql = f"{head}VALUES {', '.join([group] * rows)}{tail}"
+            if len(self._sql) >= MAX_PREPARED:
+                self._sql.clear()
+            self._sql[key] = sql
         return sql
