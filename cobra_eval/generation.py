@@ -111,8 +111,9 @@ class CachedGenerator:
 
     def _params_key(self, params: GenerationParams) -> str:
         """The parameters' canonical JSON, made once while they stay the same."""
-        if self._params is None or self._params[0] != params:
-            self._params = (params.model_copy(), canonical_json(params.model_dump()))
+        # frozen: the same object (a run's every call) has the same key, unlike an equal one
+        if self._params is None or (self._params[0] is not params and self._params[0] != params):
+            self._params = (params, canonical_json(params.model_dump()))
         return self._params[1]
 
     def generate(
