@@ -40,12 +40,17 @@ NOTES = """\
   loop on the same loaded model. Each repeat is bare, run, run, bare (a drift in
   this shared machine's speed, larger than the overhead, cancels to first order),
   and the figure is the median of 5 repeats; single repeats still differ by up
-  to about 10 points. The demo model writes a caption in about 3.5 ms at batch
-  16, on both cores, so the tool's work is not hidden behind it. The same run
-  with an instant backend shows the tool's own CPU (claims, cache lookups and
-  writes, commits, checkpoint exports: 9-16 ms per batch of 16 in the runs so
-  far, as this machine's speed varied), and that alone is about 3 times the 5%
-  budget. A process that keeps 15% of one core
+  to about 10 points. The demo model writes a caption in 3.5 to 6.4 ms at batch
+  16 (as this machine's speed varied), on both cores, so the tool's work is not
+  hidden behind it. The same run with an instant backend shows the tool's own
+  CPU (claims, cache lookups and writes, commits, checkpoint exports: 9-16 ms
+  per batch of 16 in the runs so far), and that alone is about 3 times the 5%
+  budget. On SQLite the statements a run issues for every batch go straight to
+  the driver's cursor, with SQLAlchemy's own value conversions (the store's
+  sqlite_direct): that cut this CPU by 18% (8 rounds, 0.79-0.87x), measured by
+  `python -m benchmarks.tool_cpu --against <a checkout of the code before>`,
+  which alternates the two so that the machine's drift falls on both. A process
+  that keeps 15% of one core
   busy slows the bare loop by half to more than all of that share (the line
   above the shell runs): the model leaves little of either core idle, so the
   tool's CPU comes out of generation wherever it runs. The same runs split the
