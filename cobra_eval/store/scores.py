@@ -136,7 +136,8 @@ def latest_corpus_metrics(
     store: Store, run_id: str, method: str, scope: str | None = None
 ) -> CorpusRecord | None:
     """The newest set of corpus scores of a method (of one scope, if given)."""
-    with store.reader.connect() as conn:
+    # one transaction: the newest set and its scores from the same snapshot
+    with store.reader.connect() as conn, conn.begin():
         return latest_corpus_in(conn, run_id, method, scope)
 
 
