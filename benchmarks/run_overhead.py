@@ -195,6 +195,16 @@ def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def instant_cpu(n: int, repeats: int, folder: Path) -> list[float]:
+    """CPU seconds of each of repeats runs with an instant backend: the tool's work alone."""
+    seconds = []
+    for k in range(repeats):
+        before = cpu_seconds()
+        one_run(InstantBackend(), n, folder / f"instant{k}")
+        seconds.append(cpu_seconds() - before)
+    return seconds
+
+
 def busy_generation(backend: Backend, n: int) -> float:
     """The bare loop while another process keeps BUSY_SHARE of one core busy."""
     busy = subprocess.Popen([sys.executable, "-c", _BUSY_LOOP])
@@ -284,13 +294,10 @@ def main() -> None:
 
     backend = create_backend("hf", BackendOptions(model=str(DEMO_MODEL_DIR)))
     bare_generation(backend, BATCH)  # load the weights before timing
-    tool_cpu, busy = [], []
+    busy = []
     with tempfile.TemporaryDirectory() as tmp:
         overhead = measure_overhead(backend, n, args.repeats, Path(tmp))
-        for k in range(args.repeats):
-            before = cpu_seconds()
-            one_run(InstantBackend(), n, Path(tmp) / f"instant{k}")
-            tool_cpu.append(cpu_seconds() - before)
+        tool_cpu = instant_cpu(n, args.repeats, Path(tmp))
         for _ in range(max(args.repeats // 2, 1)):
             # bare, busy, busy, bare: as above, a drift cancels
             first = bare_generation(backend, n)

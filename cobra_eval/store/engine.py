@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
 from cobra_eval.errors import StoreError
+from cobra_eval.store import sqlite_direct
 
 DB_ENV = "COBRA_EVAL_DB"
 DEFAULT_DB_NAME = "cobra_eval.db"
@@ -163,13 +164,9 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
     def _on_begin(conn: Any) -> None:
         # Readers (see read_only) must not queue behind writers: WAL lets them run alongside.
         read = conn.get_execution_options().get(READ_ONLY_OPTION)
-        statement = "BEGIN" if read else "BEGIN IMMEDIATE"
         # on the driver's connection: SQLAlchemy's execution path made an empty transaction
         # cost 128 µs instead of 91 (a run begins about 500 per 1,000 samples)
-        try:
-            conn.connection.driver_connection.execute(statement)
-        except sqlite3.Error as exc:
-            raise OperationalError(statement, None, exc) from exc
+        sqlite_direct.fetch(conn, "BEGIN" if read else "BEGIN IMMEDIATE")
 
 
 def read_only(engine: Engine) -> Engine:

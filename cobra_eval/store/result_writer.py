@@ -37,8 +37,8 @@ _EXISTING = {
     True: _EXISTING_ALL.where(RESULT.c.image_id.in_(bindparam("ids", expanding=True))),
     False: _EXISTING_ALL,
 }
-# RETURNING in any row order (matched by key): SQLAlchemy then sends many rows per
-# statement; in parameter order it would insert one row per statement on SQLite
+# RETURNING in any row order (matched by key): many rows go in one statement (InsertMany
+# on SQLite, SQLAlchemy's insertmanyvalues elsewhere)
 _INSERT_RESULT = insert(RESULT).returning(RESULT.c.image_id, RESULT.c.id)
 _INSERT_PASS = insert(PASS).returning(PASS.c.result_id, PASS.c.pass_index, PASS.c.id)
 _RESULT_COLUMNS = (

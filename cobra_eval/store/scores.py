@@ -172,10 +172,10 @@ def latest_corpus_in(
         found = sqlite_direct.rows(conn, _NEWEST_OF_SCOPE, {**keys, "scope": scope})
     if not found:
         return None
-    created_at, scope, n_samples = found[0]
-    newest = {"created_at": created_at, "scope": scope, "n_samples": n_samples}
+    created_at, newest_scope, n_samples = found[0]
+    newest = {"created_at": created_at, "scope": newest_scope, "n_samples": n_samples}
     scores = dict(sqlite_direct.rows(conn, _SET, {**keys, **newest}))
-    return CorpusRecord(n_samples, scope, scores)
+    return CorpusRecord(n_samples, newest_scope, scores)
 
 
 def stored_document_frequency(store: Store, run_id: str, n_images: int) -> bytes | None:

@@ -355,9 +355,9 @@ def _head(
     """The document without its results, its counts, and what was added since earlier."""
     keys = {"run_id": run_id, "method": method}
     found = sqlite_direct.rows(conn, _PROGRESS, keys)
-    if not found or found[0][4] is None:
+    config, settings, total, revision, run_config = found[0] if found else (None,) * 5
+    if run_config is None:
         raise StoreError(f"run {run_id!r} has no method {method!r} in {store.display}")
-    config, settings, total, revision, run_config = found[0]
     grown = _grown(conn, keys, total, revision, earlier)
     if grown is not None and earlier is not None:
         count, failed = earlier.count + grown.count, earlier.failed + grown.failed

@@ -13,7 +13,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,21 +28,27 @@ MAX_PARAMETERS = 999
 MAX_PREPARED = 256
 
 
-def is_sqlite(conn: Connection) -> bool:
-    """Whether this connection's statements may go straight to SQLite."""
+def _is_sqlite(conn: Connection) -> bool:
     return conn.dialect.name == "sqlite"
 
 
-def fetch(conn: Connection, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    """Run one statement inside the connection's transaction; its rows, unconverted."""
+@contextmanager
+def _cursor(conn: Connection, sql: str, params: Sequence[Any]) -> Iterator[sqlite3.Cursor]:
+    """The driver's cursor with sql executed, closed after; errors as SQLAlchemy raises them."""
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
-        return cursor.execute(sql, params).fetchall()
+        yield cursor.execute(sql, params)
     except sqlite3.Error as exc:
         # the same exception SQLAlchemy raises (IntegrityError, OperationalError, ...)
         raise DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
     finally:
         cursor.close()
+
+
+def fetch(conn: Connection, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement inside the connection's transaction; its rows, unconverted."""
+    with _cursor(conn, sql, params) as cursor:
+        return cursor.fetchall()
 
 
 def rows(
@@ -53,7 +60,7 @@ def rows(
     cursor, with the same bind and result processing as SQLAlchemy's; elsewhere
     SQLAlchemy runs it.
     """
-    if not is_sqlite(conn):
+    if not _is_sqlite(conn):
         result = conn.execute(statement, params)
         return [tuple(row) for row in result] if result.returns_rows else []
     prepared = _prepared(conn.dialect, statement, params)
@@ -71,7 +78,7 @@ def stream(
     conn: Connection, statement: Executable, params: Mapping[str, Any], *, size: int
 ) -> Generator[tuple[Any, ...], None, None]:
     """rows, read size rows at a time (a whole run's results need not fit in memory)."""
-    if not is_sqlite(conn):
+    if not _is_sqlite(conn):
         result = conn.execute(statement, params, execution_options={"yield_per": size})
         try:
             yield from (tuple(row) for row in result)
@@ -80,16 +87,9 @@ def stream(
         return
     prepared = _prepared(conn.dialect, statement, params)
     sql, values = prepared.bound(params)
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        try:
-            cursor.execute(sql, values)
-            while block := cursor.fetchmany(size):
-                yield from prepared.converted(block)
-        except sqlite3.Error as exc:
-            raise DBAPIError.instance(sql, values, exc, sqlite3.Error) from exc
-    finally:
-        cursor.close()
+    with _cursor(conn, sql, values) as cursor:
+        while block := cursor.fetchmany(size):
+            yield from prepared.converted(block)
 
 
 @dataclass(frozen=True)
@@ -160,13 +160,8 @@ def _prepared(
     return found
 
 
-def placeholders(count: int) -> str:
-    """``?, ?, …`` for count parameters."""
-    return ", ".join("?" * count)
-
-
 class InsertMany:
-    """Rows inserted many to a statement: INSERT … VALUES (…), (…) [ON CONFLICT …] [RETURNING …].
+    """Many rows a statement: INSERT … VALUES (…), (…) [ON CONFLICT …] [RETURNING …].
 
     The statement is a SQLAlchemy insert (an upsert, with RETURNING or not), or a
     function of the connection giving one per dialect; rows are tuples in
@@ -182,10 +177,10 @@ class InsertMany:
         self._sql: dict[tuple[int, int], str] = {}
 
     def __call__(self, conn: Connection, rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
-        statement = self.statement if isinstance(self.statement, Insert) else self.statement(conn)
         if not rows:
             return []
-        if not is_sqlite(conn):
+        statement = self.statement if isinstance(self.statement, Insert) else self.statement(conn)
+        if not _is_sqlite(conn):
             params = [dict(zip(self.columns, row, strict=True)) for row in rows]
             result = conn.execute(statement, params)
             return [tuple(row) for row in result] if result.returns_rows else []
@@ -211,7 +206,7 @@ class InsertMany:
             one = prepared.compiled.string
             if list(prepared.compiled.positiontup or ()) != list(self.columns):
                 raise ValueError(f"{one!r} binds more than the columns {self.columns}")
-            group = f"({placeholders(len(self.columns))})"
+            group = f"({', '.join('?' * len(self.columns))})"
             head, found, tail = one.partition(f"VALUES {group}")
             if not found:
                 raise ValueError(f"no VALUES {group} in {one!r}")
