@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from cobra_eval.store import Store, resolve_url, sqlite_direct
@@ -110,6 +110,39 @@ def test_parameters_and_rows_convert_as_with_sqlalchemy(store: Store, tmp_path: 
         assert sqlite_direct.rows(conn, later) == [] == conn.execute(later).all()
         some = select(CACHE.c.output).where(CACHE.c.key.in_(["a", "c", "zz"])).order_by(CACHE.c.key)
         assert sqlite_direct.rows(conn, some) == [("é",), ("é",)]
+
+
+def test_one_statement_reused_with_other_lists_and_parameters_reads_as_sqlalchemy(
+    store: Store,
+) -> None:
+    """The SQL made for one IN list length and set of parameters is not reused for another."""
+    now = utcnow()
+    with store.engine.begin() as conn:
+        rows = [{"key": k, "output": f"out {k}", "created_at": now + timedelta(seconds=n)}
+                for n, k in enumerate("abcdefgh")]  # fmt: skip
+        conn.execute(insert(CACHE), rows)
+    # an IN list given, a timestamp given or left to the statement's own value, a list held
+    query = (
+        select(CACHE.c.key, CACHE.c.created_at)
+        .where(
+            CACHE.c.key.in_(bindparam("keys", expanding=True)),
+            CACHE.c.created_at >= bindparam("since", value=now + timedelta(seconds=2)),
+            CACHE.c.key.not_in(["d"]),
+        )
+        .order_by(CACHE.c.key)
+    )
+    calls = [{"keys": list("abcde")}, {"keys": ["h"]}, {"keys": []}, {"keys": list("abcde")},
+             {"keys": list("gfedcba"), "since": now}, {"keys": ["h", "a"], "since": now},
+             {"keys": ["h"]}, {"keys": ["a"], "since": now},
+             {"keys": list("gfedcba"), "since": now + timedelta(seconds=6)}]  # fmt: skip
+    with store.reader.connect() as conn:
+        for params in calls:
+            expected = [tuple(r) for r in conn.execute(query, params)]
+            assert sqlite_direct.rows(conn, query, params) == expected, params
+        assert sqlite_direct.rows(conn, query, calls[1]) == [
+            ("h", (now + timedelta(seconds=7)).replace(tzinfo=None))
+        ]
+        assert [k for k, _ in sqlite_direct.rows(conn, query, calls[4])] == list("abcefg")
 
 
 def test_a_duplicate_row_raises_sqlalchemys_integrity_error(store: Store) -> None:

@@ -15,7 +15,7 @@ import threading
 import weakref
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Executable, Insert
@@ -92,6 +92,25 @@ def stream(
             yield from prepared.converted(block)
 
 
+class _Slot:
+    """Stands for a parameter (or one element of an IN list) while a statement's shape is made."""
+
+    __slots__ = ("index", "name")
+
+    def __init__(self, name: str, index: int | None):
+        self.name, self.index = name, index
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """The SQL of a statement for given parameter names and IN list lengths, and its values."""
+
+    sql: str
+    #: per ``?``: the parameter name (None for a value the statement holds), the index in
+    #: its IN list (None for a single value), the bind processor, the value held
+    slots: tuple[tuple[str | None, int | None, Callable[[Any], Any] | None, Any], ...]
+
+
 @dataclass(frozen=True)
 class _Prepared:
     statement: Executable
@@ -100,19 +119,57 @@ class _Prepared:
     binds: Mapping[str, Callable[[Any], Any]]
     #: per column of the rows, its result processor (empty when none has one)
     results: tuple[Callable[[Any], Any] | None, ...]
+    #: its expanding parameters (IN lists): their lengths, not values, shape the SQL
+    expanding: tuple[str, ...]
+    #: shapes by (parameter names given, expanding lengths); None where values shape the
+    #: SQL too (literal-execute parameters, tuple IN lists)
+    shapes: dict[Any, _Shape] | None = field(default=None, compare=False)
 
     def bound(self, params: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
         """The SQL (expanding IN lists for these parameters) and its processed values."""
+        given = params or {}
+        if self.shapes is None:
+            return self._expanded(given)
+        # expanding the IN lists costs more than the statement's own run: done once a shape
+        # (an IN list the statement holds, not given, is the same every time)
+        key = (tuple(given), tuple(len(given.get(name, ())) for name in self.expanding))
+        shape = self.shapes.get(key)
+        if shape is None:
+            shape = self.shapes[key] = self._shape(given)
+        values = []
+        for name, index, convert, held in shape.slots:
+            value = held if name is None else given[name] if index is None else given[name][index]
+            values.append(value if convert is None else convert(value))
+        return shape.sql, values
+
+    def _shape(self, given: Mapping[str, Any]) -> _Shape:
+        probe = {
+            name: [_Slot(name, k) for k in range(len(value))]
+            if name in self.expanding
+            else _Slot(name, None)
+            for name, value in given.items()
+        }
+        sql, values, converts = self._expanded(probe, raw=True)
+        slots = tuple(
+            (value.name, value.index, convert, None)
+            if isinstance(value, _Slot)
+            else (None, None, convert, value)
+            for value, convert in zip(values, converts, strict=True)
+        )
+        return _Shape(sql, slots)
+
+    def _expanded(self, params: Mapping[str, Any], *, raw: bool = False) -> Any:
         state = self.compiled.construct_expanded_state(params)
         # the state's processors are those of the expanded IN lists' values only
         binds: Mapping[str, Callable[[Any], Any]] = self.binds
         if state.processors:
             binds = {**self.binds, **state.processors}
+        names = state.positiontup or ()
+        if raw:
+            return state.statement, state.positional_parameters, [binds.get(n) for n in names]
         values = [
             value if (convert := binds.get(name)) is None else convert(value)
-            for name, value in zip(
-                state.positiontup or (), state.positional_parameters, strict=True
-            )
+            for name, value in zip(names, state.positional_parameters, strict=True)
         ]
         return state.statement, values
 
@@ -151,7 +208,15 @@ def _prepared(
         for name, bind in compiled.binds.items()
         if (convert := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
     }
-    found = _Prepared(statement, compiled, binds, results if any(results) else ())
+    expanding = tuple(name for name, bind in compiled.binds.items() if bind.expanding)
+    # a literal-execute parameter's value, or a tuple IN list's arity, is written into the SQL
+    shaped = not compiled.literal_execute_params and not any(
+        compiled.binds[name].type._is_tuple_type for name in expanding
+    )
+    found = _Prepared(
+        statement, compiled, binds, results if any(results) else (), expanding,
+        {} if shaped else None,
+    )  # fmt: skip
     with _LOCK:
         known = _PREPARED.setdefault(dialect, {})
         if len(known) >= MAX_PREPARED:
