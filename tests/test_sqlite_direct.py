@@ -143,6 +143,10 @@ def test_one_statement_reused_with_other_lists_and_parameters_reads_as_sqlalchem
             ("h", (now + timedelta(seconds=7)).replace(tzinfo=None))
         ]
         assert [k for k, _ in sqlite_direct.rows(conn, query, calls[4])] == list("abcefg")
+        # more lengths than one statement keeps shapes for
+        for n in range(sqlite_direct.MAX_SHAPES + 8):
+            params = {"keys": ["a"] * n + ["h"], "since": now}
+            assert sqlite_direct.rows(conn, query, params) == conn.execute(query, params).all()
 
 
 def test_a_duplicate_row_raises_sqlalchemys_integrity_error(store: Store) -> None:

@@ -26,6 +26,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 MAX_PARAMETERS = 999
 #: Compiled statements kept per engine (the hot ones are a few dozen, built once)
 MAX_PREPARED = 256
+#: Shapes (IN list lengths) kept per statement: a run's batches take a few
+MAX_SHAPES = 64
 
 
 def _is_sqlite(conn: Connection) -> bool:
@@ -129,49 +131,51 @@ class _Prepared:
         """The SQL (expanding IN lists for these parameters) and its processed values."""
         given = params or {}
         if self.shapes is None:
-            return self._expanded(given)
+            sql, values = self._expanded(given)
+            return sql, [value if convert is None else convert(value) for value, convert in values]
         # expanding the IN lists costs more than the statement's own run: done once a shape
         # (an IN list the statement holds, not given, is the same every time)
         key = (tuple(given), tuple(len(given.get(name, ())) for name in self.expanding))
         shape = self.shapes.get(key)
         if shape is None:
+            if len(self.shapes) >= MAX_SHAPES:
+                self.shapes.clear()  # lists of ever new lengths: each shape is O(length)
             shape = self.shapes[key] = self._shape(given)
-        values = []
+        out = []
         for name, index, convert, held in shape.slots:
             value = held if name is None else given[name] if index is None else given[name][index]
-            values.append(value if convert is None else convert(value))
-        return shape.sql, values
+            out.append(value if convert is None else convert(value))
+        return shape.sql, out
 
     def _shape(self, given: Mapping[str, Any]) -> _Shape:
+        """The shape of these parameters: where each of the SQL's values comes from."""
         probe = {
             name: [_Slot(name, k) for k in range(len(value))]
             if name in self.expanding
             else _Slot(name, None)
             for name, value in given.items()
         }
-        sql, values, converts = self._expanded(probe, raw=True)
+        sql, values = self._expanded(probe)
         slots = tuple(
             (value.name, value.index, convert, None)
             if isinstance(value, _Slot)
             else (None, None, convert, value)
-            for value, convert in zip(values, converts, strict=True)
+            for value, convert in values
         )
         return _Shape(sql, slots)
 
-    def _expanded(self, params: Mapping[str, Any], *, raw: bool = False) -> Any:
+    def _expanded(
+        self, params: Mapping[str, Any]
+    ) -> tuple[str, list[tuple[Any, Callable[[Any], Any] | None]]]:
+        """The SQL with its IN lists expanded, and each of its values with its bind processor."""
         state = self.compiled.construct_expanded_state(params)
         # the state's processors are those of the expanded IN lists' values only
         binds: Mapping[str, Callable[[Any], Any]] = self.binds
         if state.processors:
             binds = {**self.binds, **state.processors}
         names = state.positiontup or ()
-        if raw:
-            return state.statement, state.positional_parameters, [binds.get(n) for n in names]
-        values = [
-            value if (convert := binds.get(name)) is None else convert(value)
-            for name, value in zip(names, state.positional_parameters, strict=True)
-        ]
-        return state.statement, values
+        values = zip(state.positional_parameters, map(binds.get, names), strict=True)
+        return state.statement, list(values)
 
     def converted(self, found: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         if not self.results:
