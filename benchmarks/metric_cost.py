@@ -16,11 +16,17 @@
    the summed statistics (what a run sends) against an ``EVAL`` of every
    sample's line (what pycocoevalcap sends), and whether the scores are identical.
    A run parses each sample's line once as it lands; that is not timed here.
+5. METEOR's JVM from start to a corpus score of 1,000 captions (statistics a batch
+   of 16 at a time, as a run asks, then one ``EVAL``), as cobra_eval starts it and
+   as pycocoevalcap's ``Meteor`` does (a line at a time), alternating: the JVM's
+   CPU seconds (most of it loading the paraphrase table), its peak resident memory
+   (read from /proc just before it is stopped), and whether the scores are identical.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -127,6 +133,62 @@ def meteor_checkpoint(
             )
 
 
+def peak_mib(pid: int) -> int:
+    """The peak resident memory (VmHWM) of a running process, MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) // 1024
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def ours_meteor(res: dict[int, str], gts: dict[int, list[str]]) -> tuple[float, int, float]:
+    """(CPU seconds, peak MiB, corpus METEOR) of cobra_eval's METEOR JVM over these captions."""
+    before = children_cpu()
+    with MeteorProcess() as meteor:
+        pairs = [(res[i], gts[i]) for i in res]
+        stats = [s for k in range(0, len(pairs), 16) for s in meteor.stats_many(pairs[k : k + 16])]
+        score = meteor.evaluate(stats)[0]
+        assert meteor.pid is not None
+        peak = peak_mib(meteor.pid)
+    return children_cpu() - before, peak, score
+
+
+def their_meteor(res: dict[int, str], gts: dict[int, list[str]]) -> tuple[float, int, float]:
+    """The same through pycocoevalcap's own Meteor class (its JVM, its flags)."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    before = children_cpu()
+    meteor = Meteor()
+    score = meteor.compute_score(gts, {i: [c] for i, c in res.items()})[0]
+    peak = peak_mib(meteor.meteor_p.pid)
+    del meteor  # its __del__ kills the JVM and waits for it (its CPU is counted then)
+    return children_cpu() - before, peak, float(score)
+
+
+def meteor_jvm(
+    candidates: dict[int, str], references: dict[int, list[str]], repeats: int, n: int = 1000
+) -> None:
+    ids = list(candidates)[:n]
+    tokenized = ptb_tokenize({i: [candidates[i]] for i in ids})
+    res, gts = {i: tokenized[i][0] for i in ids}, ptb_tokenize({i: references[i] for i in ids})
+    figures: dict[str, list[tuple[float, int, float]]] = {"cobra_eval": [], "pycocoevalcap": []}
+    for _ in range(repeats):
+        figures["cobra_eval"].append(ours_meteor(res, gts))
+        figures["pycocoevalcap"].append(their_meteor(res, gts))
+    shown = []
+    for name, runs in figures.items():
+        cpu = spread([r[0] for r in runs], "s")
+        peak = spread([float(r[1]) for r in runs], "MiB")
+        shown.append(f"{name}: CPU {cpu}, peak memory {peak}")
+    scores = {r[2] for runs in figures.values() for r in runs}
+    print(f"METEOR's JVM, started and scoring {len(ids)} captions: {'; '.join(shown)}; "
+          f"identical scores: {len(scores) == 1}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=5000)
@@ -174,6 +236,7 @@ def main() -> None:
     )
     per_metric(candidates, references, args.repeats)
     meteor_checkpoint(candidates, references, args.repeats)
+    meteor_jvm(candidates, references, args.repeats)
 
 
 if __name__ == "__main__":

@@ -102,7 +102,9 @@ NOTES = """\
   tokenizer's, read from /proc while it runs). Its heap is capped at 128 MB (with
   the JVM's default maximum, a quarter of the machine's memory, it reached 304
   MiB in a 100,000-sample run on this machine). METEOR's JVM, when it is on,
-  holds 1.1-1.3 GB (pycocoevalcap runs it with a 2 GB heap).
+  peaks near 600 MiB with the serial collector the tool starts it with; with
+  pycocoevalcap's own command (the JVM's default collector, the same 2 GB heap
+  cap) it reaches 1.1-1.3 GiB (metric_cost's last line measures both).
 - No GPU was lent to this task: the real-scale section (a LLaVA-1.5-7B-shaped
   model on a GPU) has no figures.
 """

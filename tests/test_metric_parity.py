@@ -173,3 +173,13 @@ def test_a_checkpoints_corpus_meteor_from_summed_statistics_is_javas_eval_of_eve
         fractional = [stats[0].replace(".0", ".5", 1), *stats[1:50]]
         assert stats_counts(fractional[0]) is None
         assert meteor.corpus(fractional) == meteor.evaluate(fractional)[0]
+        # its paraphrase table loaded in about 600 MiB (with the JVM's default collector
+        # the process grew past 1 GiB): what a user plans beside the model
+        assert meteor.pid is not None
+        assert peak_mib(meteor.pid) < 900
+
+
+def peak_mib(pid: int) -> int:
+    """A running process's peak resident memory (Linux's VmHWM), MiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) // 1024  # type: ignore[index]
