@@ -64,10 +64,10 @@ NOTES = """\
   scaled_overhead measures the same overhead beside the demo's LLaVA scaled up
   (random weights, about 15 times slower per caption), where the model's thread
   waits for the tool under 1% of its generate time; its whole figure, from
-  three repeats of a longer loop, moves with the machine's drift (2% and 8% in
-  two runs). Real-scale figures on a GPU are not measured (no GPU was lent).
+  three repeats of a longer loop, moves with the machine's drift (from 1% to 12%
+  in the runs so far). Real-scale figures on a GPU are not measured (no GPU was lent).
 - **All metrics vs none** includes METEOR, whose JVM loads a 62 MB paraphrase
-  table (about 7 CPU-seconds) and then aligns each caption on the same two cores
+  table (7-11 CPU-seconds) and then aligns each caption on the same two cores
   the CPU-bound demo model runs on. Two lower bounds are printed. Half the
   all-metrics run's CPU time (its process and its JVMs) bounds that run as it
   ran; it includes the model's threads waiting on each other while a JVM holds a
@@ -79,7 +79,9 @@ NOTES = """\
   (opening the database, importing torch and transformers, loading the model),
   which keep only one core busy. A checkpoint's corpus METEOR is one `EVAL` of
   the samples' summed statistics (metric_cost's last lines: the same score as an
-  `EVAL` of every line, in about a millisecond).
+  `EVAL` of every line, in about a millisecond). The ratio's denominator moves
+  with the machine too: the all-metrics runs took about 25.5 s in the last two
+  bench runs, the `--metrics none` runs 15.1 s and 13.4 s.
 - **Process exit** is the time from a run's command returning to its process
   ending. Interpreter shutdown would run full garbage collections over every
   object alive (transformers' modules and the model); the CLI freezes the heap

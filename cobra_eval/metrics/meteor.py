@@ -121,8 +121,8 @@ class MeteorProcess:
             # one 'I' lowercases to a dotless i. English, whatever the machine's locale.
             # The serial collector: loading the paraphrase table peaks near 600 MiB with it
             # and above 1 GiB with the default one (its garbage is left to grow into the 2 GB
-            # heap), for somewhat less CPU (metric_cost's METEOR JVM lines). Same scores. A
-            # JVM without the flag ignores it.
+            # heap), for as much CPU or a little less (metric_cost's METEOR JVM line). Same
+            # scores. A JVM without the flag ignores it.
             self._proc = subprocess.Popen(
                 ["java", "-Duser.language=en", "-Duser.country=US",
                  "-XX:+IgnoreUnrecognizedVMOptions", "-XX:+UseSerialGC", "-jar", "-Xmx2G",
