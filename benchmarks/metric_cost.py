@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.run_memory import status_kib
+from benchmarks.run_overhead import cpu_seconds
 from cobra_eval.metrics import coco_scorers
 from cobra_eval.metrics.corpus import ptb_tokenize, real_coco_captions, score_corpus
 from cobra_eval.metrics.meteor import MeteorProcess, stats_counts
@@ -133,40 +135,28 @@ def meteor_checkpoint(
             )
 
 
-def peak_mib(pid: int) -> int:
-    """The peak resident memory (VmHWM) of a running process, MiB."""
-    with open(f"/proc/{pid}/status") as status:
-        line = next(line for line in status if line.startswith("VmHWM:"))
-    return int(line.split()[1]) // 1024
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def ours_meteor(res: dict[int, str], gts: dict[int, list[str]]) -> tuple[float, int, float]:
     """(CPU seconds, peak MiB, corpus METEOR) of cobra_eval's METEOR JVM over these captions."""
-    before = children_cpu()
+    before = cpu_seconds(resource.RUSAGE_CHILDREN)
     with MeteorProcess() as meteor:
         pairs = [(res[i], gts[i]) for i in res]
         stats = [s for k in range(0, len(pairs), 16) for s in meteor.stats_many(pairs[k : k + 16])]
         score = meteor.evaluate(stats)[0]
         assert meteor.pid is not None
-        peak = peak_mib(meteor.pid)
-    return children_cpu() - before, peak, score
+        peak = status_kib("VmHWM", meteor.pid) // 1024
+    return cpu_seconds(resource.RUSAGE_CHILDREN) - before, peak, score
 
 
 def their_meteor(res: dict[int, str], gts: dict[int, list[str]]) -> tuple[float, int, float]:
     """The same through pycocoevalcap's own Meteor class (its JVM, its flags)."""
     from pycocoevalcap.meteor.meteor import Meteor
 
-    before = children_cpu()
+    before = cpu_seconds(resource.RUSAGE_CHILDREN)
     meteor = Meteor()
     score = meteor.compute_score(gts, {i: [c] for i, c in res.items()})[0]
-    peak = peak_mib(meteor.meteor_p.pid)
+    peak = status_kib("VmHWM", meteor.meteor_p.pid) // 1024
     del meteor  # its __del__ kills the JVM and waits for it (its CPU is counted then)
-    return children_cpu() - before, peak, float(score)
+    return cpu_seconds(resource.RUSAGE_CHILDREN) - before, peak, float(score)
 
 
 def meteor_jvm(

@@ -48,11 +48,12 @@ class InstantBackend:
         return [f"a red circle above a blue square, {r.image_path.stem}" for r in requests]
 
 
-def status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def status_kib(field: str, pid: int | str = "self") -> int:
+    """A field of a running process's /proc status (VmRSS, VmHWM: the peak), KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    raise RuntimeError(f"{field} not in /proc/{pid}/status")
 
 
 class ChildPeaks:
