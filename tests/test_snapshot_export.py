@@ -20,12 +20,12 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 
 from cobra_eval import __version__
 from cobra_eval.config import SETTINGS_KEY
 from cobra_eval.errors import StoreError
-from cobra_eval.store import Store, checkpoint_io, resolve_url
+from cobra_eval.store import Store, checkpoint_io, resolve_url, snapshot_stream
 from cobra_eval.store.checkpoint_io import (
     CheckpointFile,
     CheckpointInfo,
@@ -45,7 +45,7 @@ from cobra_eval.store.checkpoint_schedule import (
 )
 from cobra_eval.store.engine import json_text
 from cobra_eval.store.models import utcnow
-from cobra_eval.store.repository import RESULT
+from cobra_eval.store.repository import PLAN, RESULT
 from cobra_eval.store.result_writer import write_result
 from cobra_eval.store.scores import (
     ScoreUpdate,
@@ -304,6 +304,28 @@ def test_an_import_stores_the_rows_a_run_commits(world: World, tmp_path: Path) -
         summary = import_document(store, read_checkpoint(exported.path), run_id="copy")
         assert summary.imported == len(varied(nan=False))
         assert stored_rows(store, "copy") == stored_rows(store, "r")
+
+
+@pytest.mark.databases
+def test_results_of_one_plan_position_come_by_id_across_read_blocks(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plan positions that repeat (a hand-edited plan) order their results by result id."""
+    monkeypatch.setattr(snapshot_stream, "CHUNK_ROWS", 4)
+    positions = [0, 1, 1, 1, 1, 1, 2, 3, 3, 4, 4, 4, 5]
+    with open_store(world) as store:
+        new_run(store, list(range(len(positions))), total=len(positions))
+        with store.engine.begin() as conn:
+            for image_id, position in enumerate(positions):
+                conn.execute(
+                    update(PLAN).where(PLAN.c.image_id == image_id).values(position=position)
+                )
+        # committed last to first: within a position, result ids run against the plan's rows
+        commit_ids(store, list(reversed(range(len(positions)))))
+        exported = export_snapshot(store, tmp_path, "r", "baseline", is_checkpoint=True, when=WHEN)
+        assert exported.path.read_bytes() == reference_bytes(store, "baseline")
+    order = [r["image_id"] for r in json.loads(exported.path.read_bytes())["results"]]
+    assert order == [0, 5, 4, 3, 2, 1, 6, 8, 7, 11, 10, 9, 12]
 
 
 def bulk_results(store: Store, ids: range, *, method: str = "baseline") -> None:

@@ -15,7 +15,7 @@ unchanged. Otherwise everything is serialised, as from scratch.
 from __future__ import annotations
 
 import gc
-import itertools
+import operator
 import os
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -403,18 +403,21 @@ def _latest_corpus(conn: Connection, run_id: str, method: str) -> CorpusMetrics 
 
 def _planned_rows(
     conn: Connection, run_id: str, method: str, *, after: WrittenItems | None = None
-) -> Generator[Any, None, None]:
-    """The planned samples' results in plan order (after an earlier snapshot's last ones)."""
+) -> Generator[list[Any], None, None]:
+    """The planned samples' results in plan order (after an earlier snapshot's last ones).
+
+    In blocks of about CHUNK_ROWS rows: each block is parsed and serialised at once.
+    """
     keys: dict[str, Any] = {"run_id": run_id, "method": method}
     query = _PLANNED
     if after is not None:
         query = _PLANNED_SINCE
         keys |= {"last_position": after.last_position, "last_id": after.last_id}
-    rows = sqlite_direct.stream(conn, query, keys, size=CHUNK_ROWS)
+    blocks = sqlite_direct.stream(conn, query, keys, size=CHUNK_ROWS)
     try:
-        yield from _ties_by_id(rows)
+        yield from _ties_by_id(blocks)
     finally:
-        rows.close()
+        blocks.close()
 
 
 def _result_chunks(
@@ -436,7 +439,7 @@ def _result_chunks(
         rows = conn.execute(unplanned, execution_options={"yield_per": CHUNK_ROWS})
         before = seen.count
         try:
-            streamed += yield from _encoded(iter(rows), seen)
+            streamed += yield from _encoded(rows.partitions(CHUNK_ROWS), seen)
         finally:
             rows.close()
         seen.unplanned = seen.count > before
@@ -444,41 +447,56 @@ def _result_chunks(
         raise _changed_during_export(method, expected, streamed)
 
 
-def _ties_by_id(rows: Iterable[Any]) -> Iterator[Any]:
-    """Rows ordered by position, then result id, as Store.results orders them.
+def _ties_by_id(blocks: Iterable[list[Any]]) -> Iterator[list[Any]]:
+    """Blocks of rows ordered by position, then result id, as Store.results orders them.
 
     A plan's positions are unique, so rows pass straight through; were two equal,
     sorting by id in SQL would make SQLite sort the whole run instead of reading
-    the plan's index in order.
+    the plan's index in order. A block's rows at its last position are held for
+    the next block, which may hold more of them.
     """
-    group: list[Any] = []
-    for row in rows:
-        if group and row[0] != group[0][0]:
-            yield from group if len(group) == 1 else sorted(group, key=lambda r: r[1])
-            group = []
-        group.append(row)
-    yield from group if len(group) <= 1 else sorted(group, key=lambda r: r[1])
+    held: list[Any] = []
+    for block in blocks:
+        rows = held + block if held else block
+        last = rows[-1][0]
+        cut = len(rows) - 1
+        while cut > 0 and rows[cut - 1][0] == last:
+            cut -= 1
+        if cut:
+            yield _sorted_ties(rows[:cut])
+        held = rows[cut:]
+    if held:
+        yield _sorted_ties(held)
 
 
-def _encoded(rows: Iterator[Any], seen: _Seen) -> Generator[bytes, None, int]:
-    """Rows serialised CHUNK_ROWS at a time, noted in seen; returns how many there were."""
+def _sorted_ties(rows: list[Any]) -> list[Any]:
+    """Rows that come by position with those of one position by result id."""
+    positions = [row[0] for row in rows]
+    if all(map(operator.ne, positions, positions[1:])):
+        return rows
+    # equal positions are adjacent: sorting by (position, id) orders only them
+    return sorted(rows, key=operator.itemgetter(0, 1))
+
+
+def _encoded(blocks: Iterator[Sequence[Any]], seen: _Seen) -> Generator[bytes, None, int]:
+    """Blocks of rows serialised a block at a time, noted in seen; returns how many there were."""
     count = 0
     try:
         while True:
             with _gc_paused():
-                chunk = list(itertools.islice(rows, CHUNK_ROWS))
-                if not chunk:
+                block = next(blocks, None)
+                if not block:
                     return count
-                data = encode_results([_record(row) for row in chunk])
-            count += len(chunk)
-            seen.count += len(chunk)
-            if chunk[-1][0] is not None:  # planned rows come by position
-                seen.last_position = max(seen.last_position, chunk[-1][0])
-            seen.last_id = max(seen.last_id, max(row[1] for row in chunk))
+                data = encode_results(_records(block))
+            count += len(block)
+            seen.count += len(block)
+            if block[-1][0] is not None:  # planned rows come by position
+                seen.last_position = max(seen.last_position, block[-1][0])
+            seen.last_id = max(seen.last_id, max(row[1] for row in block))
             yield data
     finally:
-        if isinstance(rows, Generator):
-            rows.close()  # its cursor, at once (not when collected)
+        if isinstance(blocks, Generator):
+            blocks.close()  # its cursor, at once (not when collected)
 
 
 @contextmanager
@@ -498,22 +516,25 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _record(row: Any) -> dict[str, Any]:
-    """One result as export writes it, from a row read with _COLUMNS (after the position)."""
-    _, _, image_id, caption, reasoning, json_columns = row
-    references, metadata, metrics = loads_exact(json_columns)
-    record = {
-        "image_id": image_id,
-        "reference_captions": references,
-        "generated_caption": caption,
-        "reasoning_trace": reasoning,
-        "metadata": metadata,
-        "metrics": metrics,
-    }
-    if type(metrics) is not dict or not set(map(type, metrics.values())) <= _PLAIN_METRICS:
-        # metrics pydantic would convert (an int becomes a float): its serialiser decides
-        return ResultRecord.model_construct(**record).model_dump(mode="json")
-    return record
+def _records(block: Sequence[Any]) -> list[dict[str, Any]]:
+    """Results as export writes them, from rows read with _COLUMNS (after the position)."""
+    # the block's JSON columns parsed by one call: per row, the call cost as much as parsing
+    parsed = loads_exact("[" + ",".join([row[5] for row in block]) + "]")
+    records = []
+    for row, (references, metadata, metrics) in zip(block, parsed, strict=True):
+        record = {
+            "image_id": row[2],
+            "reference_captions": references,
+            "generated_caption": row[3],
+            "reasoning_trace": row[4],
+            "metadata": metadata,
+            "metrics": metrics,
+        }
+        if type(metrics) is not dict or not set(map(type, metrics.values())) <= _PLAIN_METRICS:
+            # metrics pydantic would convert (an int becomes a float): its serialiser decides
+            record = ResultRecord.model_construct(**record).model_dump(mode="json")
+        records.append(record)
+    return records
 
 
 def encode_results(records: Sequence[dict[str, Any]]) -> bytes:

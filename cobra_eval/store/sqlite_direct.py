@@ -78,12 +78,13 @@ def scalar(conn: Connection, statement: Executable, params: Mapping[str, Any] | 
 
 def stream(
     conn: Connection, statement: Executable, params: Mapping[str, Any], *, size: int
-) -> Generator[tuple[Any, ...], None, None]:
-    """rows, read size rows at a time (a whole run's results need not fit in memory)."""
+) -> Generator[list[tuple[Any, ...]], None, None]:
+    """rows, read and handed over size rows at a time (a whole run's need not fit in memory)."""
     if not _is_sqlite(conn):
         result = conn.execute(statement, params, execution_options={"yield_per": size})
         try:
-            yield from (tuple(row) for row in result)
+            for part in result.partitions(size):
+                yield [tuple(row) for row in part]
         finally:
             result.close()
         return
@@ -91,7 +92,7 @@ def stream(
     sql, values = prepared.bound(params)
     with _cursor(conn, sql, values) as cursor:
         while block := cursor.fetchmany(size):
-            yield from prepared.converted(block)
+            yield prepared.converted(block)
 
 
 class _Slot:
