@@ -29,6 +29,7 @@ BENCHMARKS = {
     "store_cost": "commits, resume planning, checkpoint export and import at 1k-100k",
     "run_overhead": "what a run adds to generation; scoring overlapped with generation",
     "scaled_overhead": "what a run adds beside a slower model (the demo's scaled up)",
+    "offcpu_overlap": "scoring overlapped with a model that leaves the CPU idle (as on a GPU)",
     "run_memory": "a 100,000-sample run: memory and time beyond the model",
 }
 #: What the figures mean where a target is missed or needs reading (magnitudes only: the
@@ -77,7 +78,13 @@ NOTES = """\
   overlap without METEOR (tokenization still runs in a JVM). METEOR's JVM starts
   as the run begins, so most of its loading overlaps the run's first seconds
   (opening the database, importing torch and transformers, loading the model),
-  which keep only one core busy. A checkpoint's corpus METEOR is one `EVAL` of
+  which keep only one core busy. Batches wait to be scored while the model goes
+  on (up to 1,024 samples of them): with the demo model that changes nothing
+  here, both cores being busy either way, but a model that leaves the CPU idle,
+  as one on a GPU does, no longer stops while the JVM loads (offcpu_overlap: a
+  backend that sleeps 6 ms a sample). That run is then bound by METEOR's JVM
+  alone: about 10 s from its start to its first answer, then under a second
+  for 1,000 captions. A checkpoint's corpus METEOR is one `EVAL` of
   the samples' summed statistics (metric_cost's last lines: the same score as an
   `EVAL` of every line, in about a millisecond). The ratio's denominator moves
   with the machine too: the all-metrics runs took about 25.5 s in the last two
@@ -170,6 +177,9 @@ TARGETS = [
            "<= 1.15x", lambda x: x <= 1.15, "x"),
     Target("demo run, Java-free metrics (BLEU, ROUGE-L, CIDEr-D) vs --metrics none",
            "run_overhead", r"--metrics bleu,rouge,cider: .*?; (?P<shown>[0-9.]+)x",
+           "(<= 1.15x)", lambda x: x <= 1.15, "x"),
+    Target("a model off the CPU (sleeps 6 ms a sample, as on a GPU), all metrics vs none",
+           "offcpu_overlap", r"--metrics bleu,meteor,rouge,cider: .*?; (?P<shown>[0-9.]+)x",
            "(<= 1.15x)", lambda x: x <= 1.15, "x"),
     Target("demo model, batch 16 vs batch 1 throughput", "generation_throughput",
            r"batch 16 / batch 1: (?P<shown>[0-9.]+)x", ">= 4x", lambda x: x >= 4, "x"),

@@ -216,11 +216,14 @@ def busy_generation(backend: Backend, n: int) -> float:
         busy.wait()
 
 
-def cli_run(n: int, metrics: str, folder: Path) -> tuple[float, float]:
-    """(wall, CPU) seconds of a demo run started from the shell; CPU includes its JVMs."""
+def cli_run(n: int, metrics: str, folder: Path, extra: Sequence[str] = ()) -> tuple[float, float]:
+    """(wall, CPU) seconds of a demo run started from the shell; CPU includes its JVMs.
+
+    extra: more of the command's options (another --backend).
+    """
     command = [sys.executable, "-m", "cobra_eval", "--method", "baseline", "--num_samples",
                str(n), "--batch_size", str(BATCH), "--metrics", metrics, "--output_dir",
-               str(folder)]  # fmt: skip
+               str(folder), *extra]  # fmt: skip
     cpu = cpu_seconds(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)

@@ -1,56 +1,98 @@
-"""Finishing a generated batch (score, commit, export) while the next batch generates.
+"""Finishing generated batches (score, commit, export) while the next batches generate.
 
 The model is the run's bottleneck; scoring and storing a batch need none of it.
-One background thread finishes batches in order, at most one at a time, so the
-next generate call never waits for them. The scorers' Java work runs in their
-own processes, and SQLite/PostgreSQL release the GIL while they work, so this
-overlaps for real even on CPython.
+One background thread finishes batches in order, one at a time, and the model's
+thread does not wait for it: batches queue up while the finisher is slow, up to
+a bound. That matters most at a run's start, when METEOR's JVM loads its
+paraphrase table for seconds before the first batch can be scored: the model
+keeps generating meanwhile, and the finisher catches up once it is ready. The
+scorers' Java work runs in their own processes, and SQLite/PostgreSQL release
+the GIL while they work, so this overlaps for real even on CPython.
 
 A kill between a batch's generation and its commit loses no model work when the
-generation cache is on: finishing a batch starts by committing its outputs to the
-cache (the model's thread commits them itself when the previous batch is still
-being finished), and the resume finds them there. With the cache off, the runner
-finishes inline.
+generation cache is on: the model's thread commits a batch's outputs to the cache
+before it hands the batch over, and the resume finds them there. With the cache
+off, the runner finishes each batch inline, before the next generates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+
+#: Samples of generated batches that may wait to be finished: enough to keep a model
+#: generating through METEOR's start-up, few enough that waiting for them stays short.
+MAX_PENDING_SAMPLES = 1024
+
+
+class _Skipped(Exception):
+    """A job not run because one before it failed (that failure is the one raised)."""
 
 
 class BatchFinisher:
-    """Runs finishing jobs one at a time, in order, in a background thread (or inline)."""
+    """Runs finishing jobs one at a time, in order, in a background thread (or inline).
 
-    def __init__(self, *, overlap: bool):
+    Up to max_pending jobs may be submitted and not yet finished; a submit beyond
+    that waits for the oldest. After a job fails, the jobs queued behind it are
+    not run, and the failure is raised by the next submit or wait.
+    """
+
+    def __init__(self, *, overlap: bool, max_pending: int = 1):
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
         self._executor = ThreadPoolExecutor(1, "finish-batch") if overlap else None
-        self._pending: Future[None] | None = None
+        self._max_pending = max_pending
+        self._pending: deque[tuple[Future[None], Sequence[int]]] = deque()
+        self._failed = threading.Event()
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Start finishing a batch once the previous one is done (re-raising its error)."""
-        self.wait()
+    def submit(self, job: Callable[[], None], holds: Sequence[int] = ()) -> None:
+        """Queue a job (holds: the sample ids it finishes), waiting while too many are queued.
+
+        Raises the error of a job that failed since the last submit or wait.
+        """
+        self._collect(keep=self._max_pending - 1)
         if self._executor is None:
             job()
             return
-        self._pending = self._executor.submit(job)
+        self._pending.append((self._executor.submit(self._run, job), tuple(holds)))
 
     def busy(self) -> bool:
-        """Whether a batch is still being finished (a submit now would wait for it)."""
-        return self._pending is not None and not self._pending.done()
+        """Whether a submitted job is not finished yet."""
+        return any(not future.done() for future, _ in self._pending)
+
+    def holding(self) -> list[int]:
+        """The sample ids of the jobs submitted and not finished yet."""
+        return [i for future, holds in self._pending if not future.done() for i in holds]
 
     def wait(self) -> None:
-        """Block until the batch in hand is finished; its error, if any, is raised here."""
-        pending = self._pending
-        if pending is None:
-            return
-        # cleared only once done: a Ctrl-C while waiting leaves it to be waited for again
-        pending.result()
-        self._pending = None
+        """Block until every submitted job is finished; a job's error is raised here."""
+        self._collect(keep=0)
+
+    def _run(self, job: Callable[[], None]) -> None:
+        if self._failed.is_set():
+            raise _Skipped
+        try:
+            job()
+        except BaseException:
+            self._failed.set()
+            raise
+
+    def _collect(self, *, keep: int) -> None:
+        """Drop finished jobs, waiting for the oldest until at most keep are left."""
+        while self._pending and (len(self._pending) > keep or self._pending[0][0].done()):
+            # behind a failure (raised already) a job was skipped; a job is removed only once
+            # done: a Ctrl-C while waiting leaves it to be waited for again
+            with contextlib.suppress(_Skipped):
+                self._pending[0][0].result()
+            self._pending.popleft()
 
     def __enter__(self) -> BatchFinisher:
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._executor is not None:
-            # on an error the batch in hand still completes (nothing half-committed is left)
+            # on an error the job in hand still completes (nothing half-committed is left)
             self._executor.shutdown(wait=True)

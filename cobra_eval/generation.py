@@ -47,7 +47,7 @@ class CachedGenerator:
         self._lock = threading.Lock()
         self._hasher: ThreadPoolExecutor | None = None
         self._params: tuple[GenerationParams, str] | None = None
-        #: generations not yet written to the cache (save writes them, from the finisher)
+        #: generations not yet written to the cache (save writes them)
         self._unsaved: dict[str, str] = {}
         self.generated = 0
         self.hits = 0
@@ -66,9 +66,8 @@ class CachedGenerator:
     def save(self) -> None:
         """Write the generations made since the last save to the cache, in one transaction.
 
-        The runner calls it first thing when it finishes a batch, in the background
-        right after the batch was generated; the model's thread calls it only while
-        the batch before is still being finished (it would wait for that anyway).
+        The runner calls it after each batch is generated, before the next one is,
+        and whenever a run stops (an error, Ctrl-C).
         """
         with self._lock:
             unsaved = dict(self._unsaved)

@@ -21,7 +21,7 @@ from cobra_eval.backends import Backend, BackendOptions, GenerationRequest, crea
 from cobra_eval.config import RunSettings, fingerprint
 from cobra_eval.datasets import Sample, load_dataset, select_samples
 from cobra_eval.errors import CobraEvalError, StoreError
-from cobra_eval.finisher import BatchFinisher
+from cobra_eval.finisher import MAX_PENDING_SAMPLES, BatchFinisher
 from cobra_eval.generation import CachedGenerator
 from cobra_eval.method_scores import MethodScores, open_scorer
 from cobra_eval.methods import Method, PassOutput, resolve_methods
@@ -293,12 +293,14 @@ class _MethodLoop:
         self.failed_before = self.store.failed_ids(self.run_id, name)
         lease_s = self.settings.lease_seconds
         waiting_shown = False
-        previous: list[int] = []
         queued: list[int] = []
         cursor = ClaimCursor()
         # with the generation cache off, a batch generated but not yet committed would be
         # lost work if the process died: then each batch is finished before the next starts
-        finisher = BatchFinisher(overlap=self.settings.cache)
+        finisher = BatchFinisher(
+            overlap=self.settings.cache,
+            max_pending=max(MAX_PENDING_SAMPLES // self.settings.batch_size, 1),
+        )
         try:
             with Heartbeat(self.store, self.run_id, name, self.worker, lease_s) as heartbeat, \
                     finisher:  # fmt: skip
@@ -308,7 +310,8 @@ class _MethodLoop:
                         queued = claim_batch(
                             self.store, self.run_id, name, self.worker,
                             limit=batch_size * CLAIM_AHEAD, total=self.total, lease_s=lease_s,
-                            retry_failed_before=started, in_hand=previous, cursor=cursor,
+                            retry_failed_before=started, in_hand=finisher.holding(),
+                            cursor=cursor,
                         )  # fmt: skip
                         # the images of the block's later batches are hashed (for their
                         # cache keys) in the background while the first one generates
@@ -329,16 +332,17 @@ class _MethodLoop:
                         time.sleep(min(CLAIM_POLL_S, lease_s / 4))
                         continue
                     claimed, queued = queued[:batch_size], queued[batch_size:]
-                    # the batch being finished stays claimed until it is committed
-                    heartbeat.hold(previous + claimed + queued)
+                    # the batches being finished stay claimed until they are committed
+                    heartbeat.hold(finisher.holding() + claimed + queued)
                     batch = [self.samples[i] for i in claimed]
                     generated = self._generate(batch)
-                    # the batch's finisher writes its generations to the cache first thing;
-                    # while it is busy with the previous batch they are written here, at once
-                    if finisher.busy():
-                        self.generator.save()
-                    finisher.submit(functools.partial(self._finish, batch, generated, summary))
-                    previous = claimed
+                    # its generations reach the cache before the model starts on the next
+                    # batch: a kill from then on costs no model work, however far behind the
+                    # finisher is
+                    self.generator.save()
+                    finisher.submit(
+                        functools.partial(self._finish, batch, generated, summary), claimed
+                    )
                 finisher.wait()
                 heartbeat.hold([])
         except KeyboardInterrupt:
@@ -397,7 +401,6 @@ class _MethodLoop:
         The batch is committed in one transaction, split where a checkpoint falls due,
         so a checkpoint holds exactly the count it is named for when one worker runs.
         """
-        self.generator.save()
         finished = self._score_and_record(batch, generated)
         chunk: list[CommitItem] = []
         count = self._count()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import ClassVar
 
 import pytest
 
-from cobra_eval.backends import BackendOptions
+from cobra_eval.backends import BackendOptions, GenerationRequest
+from cobra_eval.config import GenerationParams
 from cobra_eval.errors import BackendError
 from cobra_eval.metrics import score_corpus
 from tests.conftest import World
@@ -109,6 +112,37 @@ def test_meteors_jvm_loads_while_the_model_does_and_is_gone_after_a_run_or_an_er
     assert failed.exit_code == 1 and "the model cannot be loaded" in failed.output
     assert MeteorWitness.seen == [True, True]
     assert meteor_jvms() == []  # the JVM started for the failed run is stopped too
+
+
+class GenerationClock(EchoBackend):
+    """The stand-in backend, noting when each of its generate calls returned."""
+
+    returned: ClassVar[list[datetime]] = []
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], params: GenerationParams
+    ) -> list[str]:
+        answers = super().generate(requests, params)
+        GenerationClock.returned.append(datetime.now(timezone.utc))
+        return answers
+
+
+@pytest.mark.slow
+@pytest.mark.sqlite_only
+def test_the_model_keeps_generating_while_meteors_jvm_loads(world: World, cli) -> None:
+    """Scoring never holds up generation: batches wait to be scored, the model does not."""
+    GenerationClock.returned.clear()
+    clock = ["--backend", f"{__name__}:GenerationClock", "--metrics", "meteor"]
+    done = cli(*world.run_args("--num_samples", "40", "--batch_size", "4", *clock))
+    assert done.exit_code == 0, done.output
+    [(first,)] = world.rows("SELECT MIN(created_at) FROM sample_result")
+    first_commit = datetime.fromisoformat(first).replace(tzinfo=timezone.utc)
+    # no batch can be scored (nor committed) before the JVM has loaded, seconds after the
+    # run began; the model generated all 10 batches meanwhile
+    assert len(GenerationClock.returned) == 10
+    assert max(GenerationClock.returned) < first_commit
+    scored = "SELECT COUNT(DISTINCT result_id) FROM metric_value WHERE name = 'METEOR'"
+    assert world.rows(scored) == [(40,)]
 
 
 def test_meteor_scores_the_same_in_a_jvm_whose_default_locale_writes_decimal_commas(

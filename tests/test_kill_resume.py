@@ -276,10 +276,11 @@ LATEST, FINAL = "checkpoint_baseline_latest.json", "results_baseline.json"
 KILL_CASES = [
     # point, hit, --method, rows committed at death, name the left temp file was meant for.
     # A batch's samples come into being together and are committed in one transaction
-    # (split where a checkpoint falls due); a batch is committed while the next generates,
-    # so a kill right after the 3rd generate finds the 2nd committed or not yet
+    # (split where a checkpoint falls due); batches are committed while the next ones
+    # generate, and wait for it meanwhile, so a kill right after the 3rd generate finds the
+    # 1st and the 2nd committed or not yet (their outputs are in the generation cache)
     pytest.param("generate", 1, BASE, {BASE: 0}, None, id="generate-1st-batch"),
-    pytest.param("generate", 3, BASE, {BASE: (4, 8)}, None, id="generate-3rd-batch"),
+    pytest.param("generate", 3, BASE, {BASE: (0, 4, 8)}, None, id="generate-3rd-batch"),
     pytest.param("commit", 1, BASE, {BASE: 0}, None, id="commit-1st-sample"),
     pytest.param("commit", 6, BASE, {BASE: 4}, None, id="commit-mid-batch"),
     pytest.param("commit", 17, BASE, {BASE: 16}, None, id="commit-17th-sample"),
