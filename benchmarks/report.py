@@ -57,7 +57,8 @@ NOTES = """\
   tool's CPU comes out of generation wherever it runs. The same runs split the
   overhead in two, each part measured inside the runs themselves: the loop's
   time outside generate calls (the model's thread claiming, looking the cache
-  up, handing the batch over: steady from repeat to repeat, as it needs no
+  up, writing each batch's outputs to it, handing the batch over: steady from
+  repeat to repeat, as it needs no
   comparison with other loops), and generate itself running slower inside a run
   than in the bare loops (the finisher's commits and exports and the hashing
   thread take CPU and the GIL from the model; this part carries the machine's
@@ -65,7 +66,7 @@ NOTES = """\
   scaled_overhead measures the same overhead beside the demo's LLaVA scaled up
   (random weights, about 15 times slower per caption), where the model's thread
   waits for the tool under 1% of its generate time; its whole figure, from
-  three repeats of a longer loop, moves with the machine's drift (from 1% to 12%
+  three repeats of a longer loop, moves with the machine's drift (from -3% to 12%
   in the runs so far). Real-scale figures on a GPU are not measured (no GPU was lent).
 - **All metrics vs none** includes METEOR, whose JVM loads a 62 MB paraphrase
   table (7-11 CPU-seconds) and then aligns each caption on the same two cores
@@ -79,16 +80,16 @@ NOTES = """\
   as the run begins, so most of its loading overlaps the run's first seconds
   (opening the database, importing torch and transformers, loading the model),
   which keep only one core busy. Batches wait to be scored while the model goes
-  on (up to 1,024 samples of them): with the demo model that changes nothing
-  here, both cores being busy either way, but a model that leaves the CPU idle,
+  on (up to 1,024 samples of them): the demo model keeps both cores busy either
+  way, so it can gain little there, but a model that leaves the CPU idle,
   as one on a GPU does, no longer stops while the JVM loads (offcpu_overlap: a
   backend that sleeps 6 ms a sample). That run is then bound by METEOR's JVM
-  alone: about 10 s from its start to its first answer, then under a second
-  for 1,000 captions. A checkpoint's corpus METEOR is one `EVAL` of
+  alone: about 10 s from its start to its first answer, then 1.4-1.7 s for
+  1,000 captions. A checkpoint's corpus METEOR is one `EVAL` of
   the samples' summed statistics (metric_cost's last lines: the same score as an
   `EVAL` of every line, in about a millisecond). The ratio's denominator moves
-  with the machine too: the all-metrics runs took about 25.5 s in the last two
-  bench runs, the `--metrics none` runs 15.1 s and 13.4 s.
+  with the machine too: the all-metrics runs took 24.2 s in this run and about
+  25.5 s in the two before, the `--metrics none` runs 14.4 s, 13.4 s and 15.1 s.
 - **Process exit** is the time from a run's command returning to its process
   ending. Interpreter shutdown would run full garbage collections over every
   object alive (transformers' modules and the model); the CLI freezes the heap
