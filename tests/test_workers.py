@@ -286,6 +286,21 @@ def test_corpus_scores_take_the_stored_row_of_a_sample_another_worker_committed_
     assert [final["corpus_metrics"]["scores"][f"Bleu_{n}"] for n in range(1, 5)] == want
 
 
+def test_samples_in_hand_are_never_claimed_again_however_many(world: World) -> None:
+    """A finisher far behind holds a thousand samples and more: none is claimed twice."""
+    n = 1500
+    with Store.open(resolve_url(world.url or str(world.db))) as store:
+        new_run(store, list(range(n)), total=n)
+        since = utcnow()
+        held = claim_batch(store, "r", "baseline", "w:1", limit=1200, total=n, lease_s=120,
+                           retry_failed_before=since)  # fmt: skip
+        assert held == list(range(1200))
+        # from the start of the plan (no cursor): the held samples are pending, not claimable
+        again = claim_batch(store, "r", "baseline", "w:1", limit=16, total=n, lease_s=120,
+                            retry_failed_before=since, in_hand=held)  # fmt: skip
+        assert again == list(range(1200, 1216))
+
+
 def test_a_dead_local_workers_claims_are_taken_at_the_first_claim_and_then_every_few_seconds(
     world: World,
 ) -> None:

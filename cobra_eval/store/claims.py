@@ -92,7 +92,7 @@ def claim_batch(
     Pending: no successful result, no live claim of another worker, and no failed
     result newer than retry_failed_before (a sample that failed in this
     invocation is not retried by it; the next invocation retries it). Samples
-    in_hand (this worker's batch still being committed) are not claimed again.
+    in_hand (this worker's batches still being finished) are not claimed again.
 
     With a cursor, the search starts after the last position it claimed, and
     goes back to the start of the plan only when nothing is pending after it (a
@@ -105,12 +105,20 @@ def claim_batch(
         if cursor is None or cursor.look_for_dead():
             _expire_dead_local_claims(conn, run_id, method, now)
         start = cursor.position if cursor is not None else -1
+        # in hand: left out here rather than in SQL, where a long list (a finisher can hold
+        # a thousand samples) could pass an older SQLite's limit of 999 parameters
+        hand = set(in_hand)
         keys = {"run_id": run_id, "method": method, "worker": worker, "now": now,
-                "retry_before": retry_failed_before, "total": total, "in_hand": list(in_hand),
-                "limit": limit, "start": start}  # fmt: skip
-        found = sqlite_direct.rows(conn, _PENDING, keys)
+                "retry_before": retry_failed_before, "total": total,
+                "limit": limit + len(hand), "start": start}  # fmt: skip
+
+        def pending(keys: dict[str, Any]) -> list[tuple[int, int]]:
+            rows = sqlite_direct.rows(conn, _PENDING, keys)
+            return [(image_id, position) for image_id, position in rows if image_id not in hand]
+
+        found = pending(keys)[:limit]
         if not found and start >= 0:
-            found = sqlite_direct.rows(conn, _PENDING, {**keys, "start": -1})
+            found = pending({**keys, "start": -1})[:limit]
         if not found:
             return []
         if cursor is not None:
@@ -146,7 +154,6 @@ _PENDING = (
             CLAIM.c.worker != bindparam("worker"),
             CLAIM.c.expires_at > _NOW,
         ),
-        PLAN.c.image_id.not_in(bindparam("in_hand", expanding=True)),
     )
     .order_by(PLAN.c.position)
     .limit(bindparam("limit"))
