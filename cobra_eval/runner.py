@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -303,7 +303,7 @@ class _MethodLoop:
         )
         try:
             with Heartbeat(self.store, self.run_id, name, self.worker, lease_s) as heartbeat, \
-                    finisher:  # fmt: skip
+                    finisher, _announced_stop(finisher, self.reporter):  # fmt: skip
                 batch_size = self.settings.batch_size
                 while True:
                     if not queued:
@@ -598,6 +598,19 @@ class _Generated:
     passes: list[list[PassOutput]]
     errors: dict[int, str]
     latency_s: float
+
+
+@contextlib.contextmanager
+def _announced_stop(finisher: BatchFinisher, reporter: Reporter) -> Iterator[None]:
+    """On Ctrl-C, say so before waiting for the batches generated but not yet finished."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        waiting = len(finisher.holding())
+        if waiting:
+            # scoring them may first wait for METEOR's JVM to load: seconds without a line
+            reporter.message(f"Stopping: first committing the {waiting} samples already generated")
+        raise
 
 
 def _clock(when: datetime | None) -> str:

@@ -351,6 +351,49 @@ def test_ctrl_c_keeps_every_committed_sample_and_says_how_to_continue(world: Wor
     assert world.rows("SELECT COUNT(DISTINCT image_id), COUNT(*) FROM sample_result") == [(30, 30)]
 
 
+@pytest.mark.slow
+@pytest.mark.sqlite_only
+def test_ctrl_c_while_meteor_loads_says_it_commits_what_was_generated_first(
+    world: World, tmp_path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO, as_foreground, subprocess_env
+    from tests.stand_in import GENLOG_ENV
+
+    log = tmp_path / "generated.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cobra_eval", *world.run_args("--num_samples", "30",
+                                                             "--batch_size", "2",
+                                                             "--metrics", "meteor")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env=subprocess_env(**{GENLOG_ENV: str(log)}), preexec_fn=as_foreground,
+    )  # fmt: skip
+    # METEOR's JVM takes seconds to load: nothing can be scored (or committed) before, and
+    # the model goes on meanwhile; stop it a few batches in
+    deadline = time.monotonic() + 60
+    while not (log.exists() and len(log.read_text().splitlines()) >= 6):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    found = re.search(
+        r"^Stopping: first committing the (\d+) samples already generated$", out, re.M
+    )
+    assert found, out
+    waiting = int(found[1])
+    assert waiting >= 6
+    assert "Interrupted:" in err and "Traceback" not in err
+    # every sample announced was scored and committed before the process ended
+    assert world.rows("SELECT COUNT(*) FROM sample_result") == [(waiting,)]
+    scored = "SELECT COUNT(DISTINCT result_id) FROM metric_value WHERE name = 'METEOR'"
+    assert world.rows(scored) == [(waiting,)]
+
+
 @pytest.mark.sqlite_only
 def test_the_database_can_live_elsewhere_by_flag_or_environment(
     world: World, cli, tmp_path
