@@ -267,11 +267,8 @@ def score_file(path: str) -> None:
     """Score a results file's captions with every metric, a batch at a time, as a run does."""
     results = json.loads(Path(path).read_text())["results"]
     metrics = parse_metric_list("bleu,meteor,rouge,cider")
-    scorer = SampleScorer(
-        {r["image_id"]: r["reference_captions"] for r in results},
-        metrics,
-        meteor=start_meteor(metrics),
-    )
+    references = {r["image_id"]: r["reference_captions"] for r in results}
+    scorer = SampleScorer(references, metrics, meteor=start_meteor(metrics, references))
     scores = []
     for i in range(0, len(results), BATCH):
         batch = results[i : i + BATCH]

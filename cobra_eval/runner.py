@@ -19,7 +19,14 @@ from sqlalchemy.exc import OperationalError
 
 from cobra_eval.backends import Backend, BackendOptions, GenerationRequest, create_backend
 from cobra_eval.config import RunSettings, fingerprint
-from cobra_eval.datasets import Sample, load_dataset, select_samples
+from cobra_eval.datasets import (
+    Dataset,
+    Sample,
+    SampleReferences,
+    Selection,
+    load_dataset,
+    select_samples,
+)
 from cobra_eval.errors import CobraEvalError, StoreError
 from cobra_eval.finisher import MAX_PENDING_SAMPLES, BatchFinisher
 from cobra_eval.generation import CachedGenerator
@@ -121,11 +128,18 @@ def run_evaluation(
         prompts=load_prompts_file(settings.prompts),
         options={"llava_cot": {"use_format_instruction": settings.llava_cot_instruction}},
     )
-    # METEOR's JVM loads its paraphrase table for seconds, mostly on one core; started
-    # now, it loads while the run opens and the model loads, which leave a core idle
-    meteor = start_meteor(settings.metrics)
+    dataset = load_dataset(settings.dataset, settings.images, settings.split)
+    chosen = select_samples(
+        dataset, settings.num_samples, seed=settings.sample_seed, skip_missing=settings.skip_missing
+    )
+    # METEOR's JVM gets ready (its paraphrase table cut to the planned references, then
+    # loaded) in the background while the run opens and the model loads, which leave a
+    # core idle
+    meteor = start_meteor(
+        settings.metrics, SampleReferences({s.image_id: s for s in chosen.samples})
+    )
     try:
-        return _open_and_run(settings, methods, meteor, reporter, backend, on_run)
+        return _open_and_run(settings, methods, dataset, chosen, meteor, reporter, backend, on_run)
     finally:
         meteor.close()
 
@@ -133,15 +147,13 @@ def run_evaluation(
 def _open_and_run(
     settings: RunSettings,
     methods: Sequence[Method],
+    dataset: Dataset,
+    chosen: Selection,
     meteor: MeteorProcess,
     reporter: Reporter,
     backend: Backend | None,
     on_run: Callable[[str], None] | None,
 ) -> RunSummary:
-    dataset = load_dataset(settings.dataset, settings.images, settings.split)
-    chosen = select_samples(
-        dataset, settings.num_samples, seed=settings.sample_seed, skip_missing=settings.skip_missing
-    )
     selected = chosen.samples
     record = settings.settings_record()
     if chosen.skipped:

@@ -73,22 +73,29 @@ def test_meteor_runs_and_its_jvm_is_gone_afterwards() -> None:
 
 
 def meteor_jvms() -> list[str]:
-    """This process's METEOR JVMs (other processes' do not count)."""
+    """This process's METEOR scoring JVMs (other processes' do not count)."""
     import os
     import subprocess
 
     found = subprocess.run(
-        ["pgrep", "-P", str(os.getpid()), "-f", "meteor-1.5.jar"], capture_output=True, text=True
-    )
+        ["pgrep", "-P", str(os.getpid()), "-f", r"meteor-1\.5\.jar - - -stdio"],
+        capture_output=True, text=True,
+    )  # fmt: skip
     return found.stdout.split()
 
 
 class MeteorWitness(EchoBackend):
-    """The stand-in backend, noting at its creation whether METEOR's JVM is loading."""
+    """The stand-in backend, noting whether METEOR's JVM starts while it is being created
+    (as a model loads), without waiting for it."""
 
     seen: ClassVar[list[bool]] = []
 
     def __init__(self, options: BackendOptions):
+        import time
+
+        deadline = time.monotonic() + 60
+        while not meteor_jvms() and time.monotonic() < deadline:
+            time.sleep(0.05)
         MeteorWitness.seen.append(bool(meteor_jvms()))
         if options.model == "broken":
             raise BackendError("the model cannot be loaded")
@@ -104,7 +111,7 @@ def test_meteors_jvm_loads_while_the_model_does_and_is_gone_after_a_run_or_an_er
     witness = ["--backend", f"{__name__}:MeteorWitness", "--metrics", "meteor"]
     done = cli(*world.run_args("--num_samples", "3", *witness))
     assert done.exit_code == 0, done.output
-    # it was loading before the backend (and so the model) was even created
+    # it started while the backend (and so the model) was still being created
     assert MeteorWitness.seen == [True]
     assert len(world.rows("SELECT value FROM corpus_metric WHERE metric = 'METEOR'")) >= 1
     assert meteor_jvms() == []

@@ -118,13 +118,29 @@ class DocumentFrequency:
         return cls(int(loaded["n_images"]), counts)
 
 
-def start_meteor(metrics: Sequence[str]) -> MeteorProcess:
+def start_meteor(
+    metrics: Sequence[str], references: Mapping[int, Sequence[str]] | None = None
+) -> MeteorProcess:
     """A METEOR process for a scorer of these metrics, its JVM loading already if they ask
-    for METEOR (and Java is here)."""
+    for METEOR (and Java is here): given the references it will score against, on the
+    paraphrase entries they can match (MeteorProcess.prepare), in the background."""
     meteor = MeteorProcess()
     if "meteor" in metrics and shutil.which("java") is not None:
-        meteor.warm_up()
+        if references is None:
+            meteor.warm_up()
+        else:
+            meteor.prepare(
+                lambda: (text for refs in tokenized_references(references) for text in refs)
+            )
     return meteor
+
+
+def tokenized_references(references: Mapping[int, Sequence[str]]) -> Iterator[list[str]]:
+    """Each image's references as a scorer tokenizes them, a chunk of images per request."""
+    ids = list(references)
+    for start in range(0, len(ids), REFERENCE_CHUNK):
+        chunk = {i: references[i] for i in ids[start : start + REFERENCE_CHUNK]}
+        yield from ptb_tokenize(chunk).values()
 
 
 class SampleScorer:
@@ -164,11 +180,8 @@ class SampleScorer:
 
     def _cooked_references(self) -> Iterator[list[Any]]:
         """Every planned image's cooked references, tokenized a chunk at a time and dropped."""
-        ids = list(self.references)
-        for start in range(0, len(ids), REFERENCE_CHUNK):
-            chunk = {i: self.references[i] for i in ids[start : start + REFERENCE_CHUNK]}
-            for refs in ptb_tokenize(chunk).values():
-                yield [coco_scorers.cook(r) for r in refs]
+        for refs in tokenized_references(self.references):
+            yield [coco_scorers.cook(r) for r in refs]
 
     @property
     def planned(self) -> int:

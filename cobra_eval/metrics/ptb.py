@@ -121,7 +121,7 @@ def compiled_server(jar: Path) -> Path:
         raise _StartError(f"`java -version` failed: {exc}") from None
     source = SERVER_SOURCE.read_bytes()
     key = hashlib.sha256(source + b"\0" + version.stdout + version.stderr).hexdigest()[:16]
-    target = _cache_base() / "ptb-server" / key
+    target = cache_base() / "ptb-server" / key
     if (target / "PtbServer.class").is_file():
         return target
     javac = shutil.which("javac")
@@ -307,7 +307,8 @@ def _tail(raw: bytes, limit: int = 2000) -> str:
     return raw.decode("utf-8", "replace").strip()[-limit:]
 
 
-def _cache_base() -> Path:
+def cache_base() -> Path:
+    """The tool's cache folder: COBRA_EVAL_CACHE, or ~/.cache/cobra_eval."""
     base = os.environ.get("COBRA_EVAL_CACHE")
     return Path(base) if base else Path.home() / ".cache" / "cobra_eval"
 
