@@ -239,6 +239,25 @@ def test_score_rescores_a_file_and_a_stored_run(world: World, cli) -> None:
     assert names == [("Bleu_1",), ("Bleu_2",), ("Bleu_3",), ("Bleu_4",), ("CIDEr",), ("ROUGE_L",)]
 
 
+@pytest.mark.slow
+@pytest.mark.sqlite_only
+def test_score_gives_a_runs_meteor_scores_again(world: World, cli) -> None:
+    import json
+
+    run = cli(*world.run_args("--num_samples", "6", "--metrics", "meteor", "--run_id", "m"))
+    assert run.exit_code == 0, run.output
+    stored = dict(world.rows("SELECT image_id, metrics FROM sample_result"))
+    (run_meteor,) = world.rows("SELECT value FROM corpus_metric WHERE metric = 'METEOR'")[-1]
+    final = world.out / "m" / "baseline" / "results_baseline.json"
+    # each METEOR JVM loaded the paraphrase entries of its own set of references
+    result = cli("score", str(final), "--metrics", "meteor", "--per_sample", "--format", "json")
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.output)
+    assert scored["corpus"]["METEOR"] == run_meteor
+    for image_id, metrics in scored["per_sample"].items():
+        assert metrics == json.loads(stored[int(image_id)])
+
+
 def test_score_needs_exactly_one_source(world: World, cli, tmp_path) -> None:
     neither = cli("score")
     assert neither.exit_code == 1 and "give either a results FILE or --run RUN" in neither.output

@@ -59,7 +59,6 @@ BUILD_TIMEOUT_S = 600
 #: Seconds METEOR's normalizer may take over a run's references.
 NORMALIZE_TIMEOUT_S = 300
 _MULTIPLIER = 0x9E3779B97F4A7C15
-_MASK = (1 << 64) - 1
 
 _log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cobra_eval.metrics.corpus import CorpusScores, score_corpus
-from cobra_eval.metrics.per_sample import SampleScorer
+from cobra_eval.metrics.per_sample import SampleScorer, start_meteor
 from cobra_eval.store.checkpoint_io import ResultRecord
 from cobra_eval.store.repository import Store
 from cobra_eval.store.scores import (
@@ -37,7 +37,9 @@ def rescore(results: Sequence[ResultRecord], metrics: Sequence[str]) -> Rescored
     scored = [r for r in results if r.status == "ok" and r.reference_captions]
     references = {r.image_id: r.reference_captions for r in scored}
     corpus = CorpusScores(n=len(scored))
-    scorer = SampleScorer(references, metrics)
+    # METEOR's JVM gets ready (on the paraphrase entries these references can match)
+    # while CIDEr-D's document frequencies are counted
+    scorer = SampleScorer(references, metrics, meteor=start_meteor(metrics, references))
     try:
         values = scorer.score([(r.image_id, r.generated_caption) for r in scored])
         corpus.scores.update(scorer.corpus(values))
