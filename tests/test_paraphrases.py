@@ -68,6 +68,20 @@ def test_the_cut_keeps_exactly_the_entries_a_reference_holds_a_phrase_of(
     assert kept == 6
 
 
+def test_references_cut_a_chunk_at_a_time_cut_the_same_table(
+    small_table: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cobra_eval.metrics import paraphrases
+
+    references = [ref for _, refs in PAIRS for ref in refs]
+    cut_table(references, tmp_path / "whole.gz", small_table)
+    monkeypatch.setattr(paraphrases, "NORMALIZE_CHUNK", 2)
+    assert cut_table(references, tmp_path / "chunked.gz", small_table) == 6
+    assert entries(tmp_path / "chunked.gz") == entries(tmp_path / "whole.gz")
+    # a reference with a line break in a later chunk still means the whole table
+    assert cut_table([*references, "a\nhorse"], tmp_path / "broken.gz", small_table) is None
+
+
 @pytest.mark.slow
 def test_meteor_on_the_cut_table_gives_the_whole_tables_statistics(small_table: Path) -> None:
     references = [ref for _, refs in PAIRS for ref in refs]
@@ -82,17 +96,29 @@ def test_meteor_on_the_cut_table_gives_the_whole_tables_statistics(small_table: 
 
 
 @pytest.mark.slow
-def test_references_beyond_printable_ascii_get_the_whole_table(
-    small_table: Path, tmp_path: Path
+def test_words_beyond_ascii_keep_every_phrase_they_could_be(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    references = ["un café au lait", "a man riding a horse"]
-    # Java and Python lower-case and split some such text differently: nothing is cut
-    assert cut_table(references, tmp_path / "cut.gz", small_table) is None
-    assert not (tmp_path / "cut.gz").exists()
-    with MeteorProcess(table=small_table) as whole:
-        expected = whole.stats_many(PAIRS)
-    with prepared(references, small_table) as meteor:
-        assert meteor.stats_many(PAIRS) == expected
+    monkeypatch.setenv("COBRA_EVAL_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "paraphrases.gz"
+    source.write_bytes(gzip.compress(
+        "0.1\ncafé\ncoffee shop\n0.2\nnaïve\nsimple\n0.3\nhorse\npony\n"
+        "0.4\nthe sky\nthe heavens\n".encode()
+    ))  # fmt: skip
+    # Java and Python may lower-case such words differently: every phrase with one
+    # stays; "25\xa01/2" is one word to Java (it splits words at ASCII spaces only)
+    references = ["un CAFÉ au lait", "a horse on 25\xa01/2 street"]
+    assert cut_table(references, tmp_path / "cut.gz", source) == 3
+    assert entries(tmp_path / "cut.gz") == [
+        ("café", "coffee shop"),
+        ("naïve", "simple"),
+        ("horse", "pony"),
+    ]
+    pairs = [("a coffee shop", ["un CAFÉ au lait"]), ("a pony on 25\xa01/2 street", references[1:])]
+    with MeteorProcess(table=source) as whole:
+        expected = whole.stats_many(pairs)
+    with prepared(references, source) as meteor:
+        assert meteor.stats_many(pairs) == expected
 
 
 def test_the_index_is_built_once_then_read_from_the_cache(small_table: Path) -> None:

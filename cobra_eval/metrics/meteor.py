@@ -64,8 +64,13 @@ class MeteorProcess:
         """
         from cobra_eval.metrics.paraphrases import cut_table_or_none
 
+        try:
+            folder = Path(tempfile.mkdtemp(prefix="cobra-eval-meteor-"))
+        except OSError as exc:  # no room for the cut table: the whole one, as before
+            _log.warning("METEOR loads its whole paraphrase table: %s", exc)
+            self.warm_up()
+            return
         cut: Future[Path | None] = Future()
-        folder = Path(tempfile.mkdtemp(prefix="cobra-eval-meteor-"))
         self._cut, self._folder = cut, folder
 
         def cut_and_start() -> None:

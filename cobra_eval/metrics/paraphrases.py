@@ -26,8 +26,11 @@ Why no score changes (from METEOR's ``ParaphraseTransducer`` and
   references' word n-grams: a collision keeps an entry that could not match
   (harmless), and a phrase that occurs is never left out.
 
-References that are not all printable ASCII (where Java's and Python's lower-casing
-or whitespace could differ) use the whole table, as does anything unexpected: a
+- Words are split where Java splits them, and lower-cased as Java does wherever
+  the result is ASCII; every phrase with a word that is not ASCII is kept (see
+  ``reference_ngrams``).
+
+References with a line break use the whole table, as does anything unexpected: a
 failure here costs time, never a score. The table is read once into an index in the
 cache (``COBRA_EVAL_CACHE``), built in a child process (it needs a few hundred MB).
 """
@@ -36,8 +39,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -53,12 +58,20 @@ from cobra_eval.metrics.corpus import pycocoevalcap_dir
 from cobra_eval.metrics.ptb import cache_base
 
 #: Bump when the index's files or their meaning change.
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 #: Seconds the index build (a child process reading the 62 MB table) may take.
 BUILD_TIMEOUT_S = 600
-#: Seconds METEOR's normalizer may take over a run's references.
+#: Seconds METEOR's normalizer may take over a chunk of references.
 NORMALIZE_TIMEOUT_S = 300
+#: References normalized by one normalizer JVM (about 0.6 CPU-seconds to start one).
+NORMALIZE_CHUNK = 50_000
+#: Entries of the cut table turned into text at a time.
+WRITE_BLOCK = 65_536
 _MULTIPLIER = 0x9E3779B97F4A7C15
+
+#: StringTokenizer's word breaks; String.trim's characters (those up to U+0020)
+_JAVA_SPACE = re.compile("[ \t\n\r\f]+")
+_JAVA_TRIMMED = "".join(chr(c) for c in range(0x21))
 
 _log = logging.getLogger(__name__)
 
@@ -90,6 +103,8 @@ class PhraseIndex:
     #: the phrases' hashes in ascending order, and the phrase each one is
     sorted_hashes: np.ndarray
     hash_phrases: np.ndarray
+    #: the phrases with a word that is not ASCII (always kept: see reference_ngrams)
+    wide_phrases: np.ndarray
 
     @classmethod
     def load(cls, folder: Path) -> PhraseIndex:
@@ -112,10 +127,20 @@ class PhraseIndex:
         high = np.searchsorted(self.sorted_hashes, present_hashes, side="right")
         present = self.phrase_lengths == 0
         present[self.hash_phrases[_ranges(low, high - low)]] = True
+        present[self.wide_phrases] = True
         return np.flatnonzero(present[self.left] | present[self.right])
 
-    def entry_lines(self, entries: np.ndarray) -> bytes:
-        """The table's text of these entries (the first line, which METEOR ignores, as 0)."""
+    def write_entries(self, entries: np.ndarray, out: gzip.GzipFile) -> None:
+        """Write the table's text of these entries, a block at a time (memory stays flat)."""
+        pieces = [w + b" " for w in self.words] + [w + b"\n" for w in self.words]
+        pieces += [b"0\n", b"\n"]
+        for start in range(0, len(entries), WRITE_BLOCK):
+            tokens = self._tokens(entries[start : start + WRITE_BLOCK])
+            out.write(b"".join(map(pieces.__getitem__, tokens.tolist())))
+
+    def _tokens(self, entries: np.ndarray) -> np.ndarray:
+        """The text of these entries as numbers of write_entries' pieces (the first line of
+        each, which METEOR ignores, as 0)."""
         # tokens: "word " for each word of a phrase but its last, "word\n" for that one,
         # "\n" for an empty phrase, "0\n" before each entry's first phrase
         n_words = len(self.words)
@@ -133,12 +158,18 @@ class PhraseIndex:
         tokens[first[opens]] = 2 * n_words
         tokens[body[empty]] = 2 * n_words + 1
         tokens[_ranges(body, lengths)] = words
-        pieces = [w + b" " for w in self.words] + [w + b"\n" for w in self.words]
-        pieces += [b"0\n", b"\n"]
-        return b"".join(map(pieces.__getitem__, tokens.tolist()))
+        return tokens
 
 
-_ARRAYS = ("phrase_words", "phrase_lengths", "left", "right", "sorted_hashes", "hash_phrases")
+_ARRAYS = (
+    "phrase_words",
+    "phrase_lengths",
+    "left",
+    "right",
+    "sorted_hashes",
+    "hash_phrases",
+    "wide_phrases",
+)
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -181,7 +212,7 @@ def ngram_hashes(lines: Iterable[list[int]], longest: int) -> np.ndarray:
         valid = valid[:-1] if n > 1 else valid
         total = total + words[n - 1 :] * powers[n - 1]
         valid = valid & known[n - 1 :]
-        found.append(total[valid] + np.uint64(n))
+        found.append(np.unique(total[valid] + np.uint64(n)))
     return np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
 
 
@@ -228,6 +259,9 @@ def build_index(source: Path) -> PhraseIndex:
     if any(b"\n" in w for w in word_ids):
         raise IndexUnsupported("a word holds a line break")
     phrase_words = np.frombuffer(flat, dtype=np.uint32)
+    wide_words = np.array([not w.isascii() for w in word_ids], dtype=bool)
+    wide = np.zeros(len(lengths), dtype=bool)
+    wide[np.repeat(np.arange(len(lengths)), lengths)[wide_words[phrase_words]]] = True
     hashes = phrase_hashes(phrase_words, lengths)
     order = np.argsort(hashes, kind="stable").astype(np.uint32)
     return PhraseIndex(
@@ -238,6 +272,7 @@ def build_index(source: Path) -> PhraseIndex:
         right=np.frombuffer(right, dtype=np.uint32).copy(),
         sorted_hashes=hashes[order],
         hash_phrases=order,
+        wide_phrases=np.flatnonzero(wide).astype(np.uint32),
     )
 
 
@@ -287,30 +322,57 @@ def _complete(folder: Path) -> bool:
 
 
 def reference_pieces(references: Iterable[str]) -> list[str] | None:
-    """The texts METEOR aligns against (split at '|||', trimmed); None unless every
-    reference is printable ASCII."""
+    """The texts METEOR aligns against (split at '|||', trimmed as Java trims); None if a
+    reference holds a line break (the normalizer reads a line at a time)."""
     pieces: list[str] = []
     for reference in references:
-        if not (reference.isascii() and reference.isprintable()):
+        if "\n" in reference or "\r" in reference:
             return None
-        pieces += (piece.strip(" ") for piece in reference.split("|||"))
+        pieces += (piece.strip(_JAVA_TRIMMED) for piece in reference.split("|||"))
     return pieces
 
 
 def normalize(pieces: list[str]) -> list[str]:
     """METEOR's own normalization of each text (its jar's Normalizer, English, punctuation kept)."""
     done = subprocess.run(
-        # C1 and the serial collector: a third less CPU for a short job (same output)
-        ["java", "-Duser.language=en", "-Duser.country=US", "-XX:+IgnoreUnrecognizedVMOptions",
+        # C1 and the serial collector: a third less CPU for a short job (same output);
+        # UTF-8 in and out whatever the machine's locale
+        ["java", "-Duser.language=en", "-Duser.country=US", "-Dfile.encoding=UTF-8",
+         "-Dsun.stdout.encoding=UTF-8", "-XX:+IgnoreUnrecognizedVMOptions",
          "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-cp", str(meteor_jar()),
          "edu.cmu.meteor.util.Normalizer", "en", "true"],
-        input="".join(f"{piece}\n" for piece in pieces).encode("ascii"),
+        input="".join(f"{piece}\n" for piece in pieces).encode("utf-8"),
         capture_output=True, timeout=NORMALIZE_TIMEOUT_S, check=True,
     )  # fmt: skip
-    lines = done.stdout.decode("ascii").split("\n")
+    lines = done.stdout.decode("utf-8").split("\n")
     if len(lines) != len(pieces) + 1 or lines[-1]:
         raise ValueError(f"METEOR's normalizer answered {len(lines) - 1} lines for {len(pieces)}")
     return lines[:-1]
+
+
+def reference_ngrams(references: Iterable[str], index: PhraseIndex) -> np.ndarray | None:
+    """The hashes of every n-gram of the references as METEOR sees them, ascending (None:
+    see reference_pieces). A chunk of references at a time, so that a 100,000-image
+    run's half a million references are never all held at once.
+
+    METEOR lower-cases in Java and splits words as StringTokenizer does. Python
+    lower-cases every word that is ASCII, or that becomes ASCII, as Java does; a word
+    that does not may be lower-cased differently, but every phrase of the table with
+    such a word is kept whatever the references hold (PhraseIndex.wide_phrases).
+    """
+    number = {word: k for k, word in enumerate(index.words)}
+    found: list[np.ndarray] = []
+    references = iter(references)
+    while chunk := list(itertools.islice(references, NORMALIZE_CHUNK)):
+        pieces = reference_pieces(chunk)
+        if pieces is None:
+            return None
+        lines = (
+            [number.get(word.encode(), -1) for word in _JAVA_SPACE.split(text.lower()) if word]
+            for text in normalize(pieces)
+        )
+        found.append(ngram_hashes(lines, index.longest))
+    return np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
 
 
 def cut_table(references: Iterable[str], target: Path, source: Path | None = None) -> int | None:
@@ -319,18 +381,13 @@ def cut_table(references: Iterable[str], target: Path, source: Path | None = Non
     references are the texts sent to METEOR as references (tokenized). Returns
     the number of entries written, or None where the whole table must be used.
     """
-    pieces = reference_pieces(references)
-    if pieces is None:
-        return None
     index = PhraseIndex.load(ensure_index(source))
-    number = {word: k for k, word in enumerate(index.words)}
-    lines = (
-        [number.get(word.encode(), -1) for word in text.lower().split()]
-        for text in normalize(pieces)
-    )
-    entries = index.kept(ngram_hashes(lines, index.longest))
+    present = reference_ngrams(references, index)
+    if present is None:
+        return None
+    entries = index.kept(present)
     with gzip.open(target, "wb", compresslevel=1) as out:
-        out.write(index.entry_lines(entries))
+        index.write_entries(entries, out)
     return len(entries)
 
 
