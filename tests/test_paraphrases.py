@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,11 +32,21 @@ PAIRS = [
 
 
 @pytest.fixture
-def small_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def write_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[bytes], Path]:
+    """Writes a gzip table of these bytes (with its index cache in the test's folder)."""
     monkeypatch.setenv("COBRA_EVAL_CACHE", str(tmp_path / "cache"))
-    path = tmp_path / "paraphrases.gz"
-    path.write_bytes(gzip.compress(SMALL_TABLE))
-    return path
+
+    def write(content: bytes) -> Path:
+        path = tmp_path / "paraphrases.gz"
+        path.write_bytes(gzip.compress(content))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def small_table(write_table: Callable[[bytes], Path]) -> Path:
+    return write_table(SMALL_TABLE)
 
 
 def entries(path: Path) -> list[tuple[str, str]]:
@@ -97,14 +108,12 @@ def test_meteor_on_the_cut_table_gives_the_whole_tables_statistics(small_table: 
 
 @pytest.mark.slow
 def test_words_beyond_ascii_keep_every_phrase_they_could_be(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    write_table: Callable[[bytes], Path], tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("COBRA_EVAL_CACHE", str(tmp_path / "cache"))
-    source = tmp_path / "paraphrases.gz"
-    source.write_bytes(gzip.compress(
+    source = write_table(
         "0.1\ncafé\ncoffee shop\n0.2\nnaïve\nsimple\n0.3\nhorse\npony\n"
         "0.4\nthe sky\nthe heavens\n".encode()
-    ))  # fmt: skip
+    )
     # Java and Python may lower-case such words differently: every phrase with one
     # stays; "25\xa01/2" is one word to Java (it splits words at ASCII spaces only)
     references = ["un CAFÉ au lait", "a horse on 25\xa01/2 street"]
@@ -136,11 +145,9 @@ def test_the_index_is_built_once_then_read_from_the_cache(small_table: Path) -> 
 
 @pytest.mark.parametrize("bad", [b"0.1\nhorse\npony\r\n", b"0.1\nhorse\x0bx\npony\n", b"0.1\n"])
 def test_tables_python_would_split_unlike_java_are_not_indexed(
-    bad: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bad: bytes, write_table: Callable[[bytes], Path], tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("COBRA_EVAL_CACHE", str(tmp_path / "cache"))
-    source = tmp_path / "odd.gz"
-    source.write_bytes(gzip.compress(bad))
+    source = write_table(bad)
     with pytest.raises(RuntimeError, match="IndexUnsupported"):
         ensure_index(source)
     assert list((tmp_path / "cache").rglob("*.npy")) == []
@@ -148,12 +155,10 @@ def test_tables_python_would_split_unlike_java_are_not_indexed(
 
 @pytest.mark.slow
 def test_a_table_that_cannot_be_indexed_is_loaded_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    write_table: Callable[[bytes], Path],
 ) -> None:
-    monkeypatch.setenv("COBRA_EVAL_CACHE", str(tmp_path / "cache"))
-    source = tmp_path / "odd.gz"
     # Java ends a line at \r: this entry is read as "horse" -> "pony" and then "a man" ...
-    source.write_bytes(gzip.compress(b"0.1\nhorse\rpony\n0.2\na man\na person\n"))
+    source = write_table(b"0.1\nhorse\rpony\n0.2\na man\na person\n")
     pairs = [("a pony and a person", ["a horse and a man"])]
     with MeteorProcess(table=source) as whole:
         expected = whole.stats_many(pairs)
