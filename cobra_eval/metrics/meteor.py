@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import IO
@@ -73,12 +73,14 @@ class MeteorProcess:
         cut: Future[Path | None] = Future()
         self._cut, self._folder = cut, folder
 
+        def texts() -> Iterator[str]:
+            yield from references()
+
         def cut_and_start() -> None:
             path = None
             try:
-                path = cut_table_or_none(references(), folder / "paraphrases.gz", self.table)
-            except Exception as exc:  # the references could not be read: the whole table
-                _log.warning("METEOR loads its whole paraphrase table: %s", exc)
+                # any failure, reading the references included (texts is lazy), gives None
+                path = cut_table_or_none(texts(), folder / "paraphrases.gz", self.table)
             finally:
                 cut.set_result(path)
             with self._lock:

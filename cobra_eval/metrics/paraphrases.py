@@ -37,6 +37,7 @@ cache (``COBRA_EVAL_CACHE``), built in a child process (it needs a few hundred M
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import itertools
@@ -117,9 +118,14 @@ class PhraseIndex:
         for name in _ARRAYS:
             np.save(folder / f"{name}.npy", getattr(self, name))
 
-    @property
+    @functools.cached_property
     def longest(self) -> int:
         return int(self.phrase_lengths.max()) if len(self.phrase_lengths) else 0
+
+    @functools.cached_property
+    def phrase_ends(self) -> np.ndarray:
+        """Where each phrase's words end in phrase_words."""
+        return np.cumsum(self.phrase_lengths, dtype=np.int64)
 
     def kept(self, present_hashes: np.ndarray) -> np.ndarray:
         """The entries (ascending) one of whose phrases has one of these hashes, or is empty."""
@@ -144,7 +150,7 @@ class PhraseIndex:
         # tokens: "word " for each word of a phrase but its last, "word\n" for that one,
         # "\n" for an empty phrase, "0\n" before each entry's first phrase
         n_words = len(self.words)
-        ends = np.cumsum(self.phrase_lengths, dtype=np.int64)
+        ends = self.phrase_ends
         phrases = np.stack((self.left[entries], self.right[entries]), axis=1).ravel()
         lengths = self.phrase_lengths[phrases].astype(np.int64)
         words = self.phrase_words[_ranges(ends[phrases] - lengths, lengths)].astype(np.int64)
