@@ -15,10 +15,10 @@ from cobra_eval.datasets import Sample, SampleReferences
 from cobra_eval.methods import Method, PassOutput
 from cobra_eval.metrics import METRIC_GROUPS, CorpusScores, score_corpus
 from cobra_eval.metrics.corpus import spice_unavailable_reason
-from cobra_eval.metrics.meteor import MeteorProcess
 from cobra_eval.metrics.per_sample import (
     CorpusPart,
     DocumentFrequency,
+    PreparedScoring,
     SampleScore,
     SampleScorer,
 )
@@ -270,22 +270,25 @@ def open_scorer(
     run_id: str,
     selected: Mapping[int, Sample],
     metrics: Sequence[str],
-    meteor: MeteorProcess | None = None,
+    prepared: PreparedScoring | None = None,
 ) -> SampleScorer:
     """A scorer whose CIDEr-D document frequencies are those stored for this planned set.
 
-    The first invocation that plans the set computes and stores them; later ones
-    (resume, other workers) read them back, so every sample of the set is scored
-    against the same frequencies. meteor: as SampleScorer's.
+    The first invocation that plans the set computes them and stores them as it
+    first scores; later ones (resume, other workers) read them back, so every sample
+    of the set is scored against the same frequencies (a worker that starts before
+    they are stored counts the same ones). prepared: as SampleScorer's.
     """
     references = SampleReferences(selected)
     stored = stored_document_frequency(store, run_id, len(references))
     known = DocumentFrequency.from_bytes(stored) if stored is not None else None
-    scorer = SampleScorer(references, metrics, document_frequency=known, meteor=meteor)
-    df = scorer.document_frequency
-    if known is None and df is not None:
+
+    def save(df: DocumentFrequency) -> None:
         save_document_frequency(
             store, run_id, n_images=df.n_images, n_ngrams=len(df.counts), data=df.to_bytes(),
             sha256=df.sha256,
         )  # fmt: skip
-    return scorer
+
+    return SampleScorer(
+        references, metrics, document_frequency=known, prepared=prepared, on_counted=save
+    )

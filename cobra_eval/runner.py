@@ -34,8 +34,12 @@ from cobra_eval.method_scores import MethodScores, open_scorer
 from cobra_eval.methods import Method, PassOutput, resolve_methods
 from cobra_eval.methods.prompts import load_prompts_file
 from cobra_eval.metrics import CorpusScores
-from cobra_eval.metrics.meteor import MeteorProcess
-from cobra_eval.metrics.per_sample import SampleScore, SampleScorer, start_meteor
+from cobra_eval.metrics.per_sample import (
+    PreparedScoring,
+    SampleScore,
+    SampleScorer,
+    prepare_scoring,
+)
 from cobra_eval.progress import Reporter, SilentReporter
 from cobra_eval.resume import resolve_run
 from cobra_eval.store import Store, resolve_url
@@ -133,15 +137,17 @@ def run_evaluation(
         dataset, settings.num_samples, seed=settings.sample_seed, skip_missing=settings.skip_missing
     )
     # METEOR's JVM gets ready (its paraphrase table cut to the planned references, then
-    # loaded) in the background while the run opens and the model loads, which leave a
-    # core idle
-    meteor = start_meteor(
+    # loaded) and CIDEr-D's document frequencies are counted, in the background while the
+    # run opens and the model loads, which leave a core idle
+    prepared = prepare_scoring(
         settings.metrics, SampleReferences({s.image_id: s for s in chosen.samples})
     )
     try:
-        return _open_and_run(settings, methods, dataset, chosen, meteor, reporter, backend, on_run)
+        return _open_and_run(
+            settings, methods, dataset, chosen, prepared, reporter, backend, on_run
+        )
     finally:
-        meteor.close()
+        prepared.close()
 
 
 def _open_and_run(
@@ -149,7 +155,7 @@ def _open_and_run(
     methods: Sequence[Method],
     dataset: Dataset,
     chosen: Selection,
-    meteor: MeteorProcess,
+    prepared: PreparedScoring,
     reporter: Reporter,
     backend: Backend | None,
     on_run: Callable[[str], None] | None,
@@ -181,7 +187,7 @@ def _open_and_run(
         with Store.open(url, durability=settings.durability) as store:
             return _run_in_store(
                 store, settings, methods, selected, record, backend, run_cfg, method_cfgs,
-                meteor, reporter, on_run,
+                prepared, reporter, on_run,
             )  # fmt: skip
     except OperationalError as exc:
         raise StoreError(database_error_message(exc, url)) from None
@@ -196,7 +202,7 @@ def _run_in_store(
     backend: Backend,
     run_cfg: dict[str, Any],
     method_cfgs: dict[str, dict[str, Any]],
-    meteor: MeteorProcess,
+    prepared: PreparedScoring,
     reporter: Reporter,
     on_run: Callable[[str], None] | None,
 ) -> RunSummary:
@@ -207,7 +213,7 @@ def _run_in_store(
     generator = CachedGenerator(backend, store, run_cfg["model"], enabled=settings.cache)
     # one map by id for every method and the scorer: a run holds one per planned sample
     by_id = {s.image_id: s for s in selected}
-    scorer = open_scorer(store, run.id, by_id, settings.metrics, meteor)
+    scorer = open_scorer(store, run.id, by_id, settings.metrics, prepared)
     total = len(selected)
     if all(store.count_results(run.id, m.name, limit=total) >= total for m in methods):
         # nothing to score as samples land: the JVM started early is not needed (a

@@ -59,6 +59,27 @@ def test_java_free_scores_equal_pycocoevalcaps_own_run() -> None:
         assert ours.scores[key] == pytest.approx(official(metric), abs=1e-12), metric
 
 
+@pytest.mark.parametrize("metrics", [("cider",), ("meteor", "cider")])
+def test_frequencies_counted_while_the_model_loads_are_the_scorers_own(metrics) -> None:
+    from cobra_eval.metrics.per_sample import SampleScorer, prepare_scoring
+
+    alone = SampleScorer(REFERENCES, ("cider",))
+    own = alone.document_frequency
+    prepared = prepare_scoring(metrics, REFERENCES)
+    try:
+        counted = prepared.document_frequency()
+        assert counted is not None and own is not None
+        assert counted.to_bytes() == own.to_bytes()
+        assert counted.n_images == len(REFERENCES)
+        items = list(CANDIDATES.items())
+        scored = SampleScorer(REFERENCES, metrics, prepared=prepared).score(items)
+        assert [s.scores["CIDEr"] for s in scored] == [
+            s.scores["CIDEr"] for s in alone.score(items)
+        ]
+    finally:
+        prepared.close()
+
+
 def test_spice_is_reported_unavailable_not_crashed() -> None:
     out = score_corpus(CANDIDATES, REFERENCES, ("spice",))
     assert out.scores == {}

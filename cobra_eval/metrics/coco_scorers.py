@@ -164,11 +164,13 @@ def rouge(
 
 def document_frequency(cooked_refs: Iterable[Sequence[Cooked]]) -> dict[Ngram, float]:
     """In how many images' references each n-gram occurs (``CiderScorer.compute_doc_freq``)."""
-    per_image = (
-        set().union(*(c for _, by_order in refs for c in by_order)) for refs in cooked_refs
-    )
-    counts = Counter(itertools.chain.from_iterable(per_image))
+    counts = Counter(itertools.chain.from_iterable(map(image_ngrams, cooked_refs)))
     return {ngram: float(n) for ngram, n in counts.items()}
+
+
+def image_ngrams(cooked_refs: Sequence[Cooked]) -> set[Ngram]:
+    """The distinct n-grams of one image's references: what its document frequency counts."""
+    return set().union(*(c for _, by_order in cooked_refs for c in by_order))
 
 
 class _Table(dict[Any, Any]):

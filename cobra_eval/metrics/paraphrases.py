@@ -16,8 +16,9 @@ Why no score changes (from METEOR's ``ParaphraseTransducer`` and
   in one of the two lines being aligned and the other phrase in the other line.
   Every alignment METEOR makes pairs the hypothesis with one reference, so one
   of the entry's phrases must occur in a reference, as METEOR sees it: the text
-  between ``|||`` separators, through METEOR's own ``Normalizer`` (run from its
-  jar here) and lower-cased. An entry neither of whose phrases occurs in any
+  between ``|||`` separators, normalized as METEOR's ``-norm`` normalizes it
+  (``meteor_text``: its own ``Normalizer`` wherever Python's is not exact) and
+  lower-cased. An entry neither of whose phrases occurs in any
   reference never matches anything; it is left out. An empty phrase occurs
   everywhere, so such entries stay.
 - The entries kept stay in the table's order, so METEOR finds the same matches
@@ -37,6 +38,7 @@ cache (``COBRA_EVAL_CACHE``), built in a child process (it needs a few hundred M
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -56,23 +58,21 @@ from pathlib import Path
 import numpy as np
 
 from cobra_eval.metrics.corpus import pycocoevalcap_dir
+from cobra_eval.metrics.meteor_text import JAVA_TRIMMED, MeteorNormalizer
 from cobra_eval.metrics.ptb import cache_base
 
 #: Bump when the index's files or their meaning change.
 INDEX_VERSION = 2
 #: Seconds the index build (a child process reading the 62 MB table) may take.
 BUILD_TIMEOUT_S = 600
-#: Seconds METEOR's normalizer may take over a chunk of references.
-NORMALIZE_TIMEOUT_S = 300
-#: References normalized by one normalizer JVM (about 0.6 CPU-seconds to start one).
+#: References normalized and hashed at a time (never all held at once).
 NORMALIZE_CHUNK = 50_000
 #: Entries of the cut table turned into text at a time.
 WRITE_BLOCK = 65_536
 _MULTIPLIER = 0x9E3779B97F4A7C15
 
-#: StringTokenizer's word breaks; String.trim's characters (those up to U+0020)
+#: StringTokenizer's word breaks
 _JAVA_SPACE = re.compile("[ \t\n\r\f]+")
-_JAVA_TRIMMED = "".join(chr(c) for c in range(0x21))
 
 _log = logging.getLogger(__name__)
 
@@ -84,10 +84,6 @@ class IndexUnsupported(ValueError):
 def source_table() -> Path:
     """The paraphrase table METEOR loads by default for English."""
     return pycocoevalcap_dir() / "meteor" / "data" / "paraphrase-en.gz"
-
-
-def meteor_jar() -> Path:
-    return pycocoevalcap_dir() / "meteor" / "meteor-1.5.jar"
 
 
 @dataclass
@@ -334,29 +330,13 @@ def reference_pieces(references: Iterable[str]) -> list[str] | None:
     for reference in references:
         if "\n" in reference or "\r" in reference:
             return None
-        pieces += (piece.strip(_JAVA_TRIMMED) for piece in reference.split("|||"))
+        pieces += (piece.strip(JAVA_TRIMMED) for piece in reference.split("|||"))
     return pieces
 
 
-def normalize(pieces: list[str]) -> list[str]:
-    """METEOR's own normalization of each text (its jar's Normalizer, English, punctuation kept)."""
-    done = subprocess.run(
-        # C1 and the serial collector: a third less CPU for a short job (same output);
-        # UTF-8 in and out whatever the machine's locale
-        ["java", "-Duser.language=en", "-Duser.country=US", "-Dfile.encoding=UTF-8",
-         "-Dsun.stdout.encoding=UTF-8", "-XX:+IgnoreUnrecognizedVMOptions",
-         "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-cp", str(meteor_jar()),
-         "edu.cmu.meteor.util.Normalizer", "en", "true"],
-        input="".join(f"{piece}\n" for piece in pieces).encode("utf-8"),
-        capture_output=True, timeout=NORMALIZE_TIMEOUT_S, check=True,
-    )  # fmt: skip
-    lines = done.stdout.decode("utf-8").split("\n")
-    if len(lines) != len(pieces) + 1 or lines[-1]:
-        raise ValueError(f"METEOR's normalizer answered {len(lines) - 1} lines for {len(pieces)}")
-    return lines[:-1]
-
-
-def reference_ngrams(references: Iterable[str], index: PhraseIndex) -> np.ndarray | None:
+def reference_ngrams(
+    references: Iterable[str], index: PhraseIndex, normalizer: MeteorNormalizer
+) -> np.ndarray | None:
     """The hashes of every n-gram of the references as METEOR sees them, ascending (None:
     see reference_pieces). A chunk of references at a time, so that a 100,000-image
     run's half a million references are never all held at once.
@@ -375,20 +355,29 @@ def reference_ngrams(references: Iterable[str], index: PhraseIndex) -> np.ndarra
             return None
         lines = (
             [number.get(word.encode(), -1) for word in _JAVA_SPACE.split(text.lower()) if word]
-            for text in normalize(pieces)
+            for text in normalizer.normalize(pieces)
         )
         found.append(ngram_hashes(lines, index.longest))
     return np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
 
 
-def cut_table(references: Iterable[str], target: Path, source: Path | None = None) -> int | None:
+def cut_table(
+    references: Iterable[str],
+    target: Path,
+    source: Path | None = None,
+    normalizer: MeteorNormalizer | None = None,
+) -> int | None:
     """Write to target (gzip) the entries of the table these references can match.
 
     references are the texts sent to METEOR as references (tokenized). Returns
     the number of entries written, or None where the whole table must be used.
+    normalizer: the one METEOR's texts go through (None: one of its own, stopped after).
     """
     index = PhraseIndex.load(ensure_index(source))
-    present = reference_ngrams(references, index)
+    with contextlib.ExitStack() as stack:
+        if normalizer is None:
+            normalizer = stack.enter_context(MeteorNormalizer())
+        present = reference_ngrams(references, index, normalizer)
     if present is None:
         return None
     entries = index.kept(present)
@@ -398,11 +387,14 @@ def cut_table(references: Iterable[str], target: Path, source: Path | None = Non
 
 
 def cut_table_or_none(
-    references: Iterable[str], target: Path, source: Path | None = None
+    references: Iterable[str],
+    target: Path,
+    source: Path | None = None,
+    normalizer: MeteorNormalizer | None = None,
 ) -> Path | None:
     """cut_table, or None (use the whole table) when it cannot be cut or anything fails."""
     try:
-        return target if cut_table(references, target, source) is not None else None
+        return target if cut_table(references, target, source, normalizer) is not None else None
     except Exception as exc:  # a failure here must cost time, never the run
         _log.warning("METEOR loads its whole paraphrase table: %s: %s", type(exc).__name__, exc)
         return None

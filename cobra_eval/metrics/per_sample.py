@@ -18,7 +18,10 @@ import hashlib
 import json
 import math
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -118,21 +121,77 @@ class DocumentFrequency:
         return cls(int(loaded["n_images"]), counts)
 
 
-def start_meteor(
-    metrics: Sequence[str], references: Mapping[int, Sequence[str]] | None = None
-) -> MeteorProcess:
-    """A METEOR process for a scorer of these metrics, its JVM loading already if they ask
-    for METEOR (and Java is here): given the references it will score against, on the
-    paraphrase entries they can match (MeteorProcess.prepare), in the background."""
-    meteor = MeteorProcess()
-    if "meteor" in metrics and shutil.which("java") is not None:
+class PreparedScoring:
+    """What scoring a planned set needs before its first sample, made in the background
+    (while the model loads) from one tokenization of its references: METEOR's JVM on
+    the paraphrase entries they can match, and CIDEr-D's document frequencies."""
+
+    def __init__(self, metrics: Sequence[str], references: Mapping[int, Sequence[str]] | None):
+        """references: by image id, every reference that will be scored (None: the JVM
+        starts on the whole paraphrase table, and frequencies are left to the scorer)."""
+        self.meteor = MeteorProcess()
+        self._counted: Future[DocumentFrequency | None] | None = None
+        #: done once the tokenized references are all read, or never will be
+        self._read: Future[Any] | None = None
+        if shutil.which("java") is None:
+            return
         if references is None:
-            meteor.warm_up()
-        else:
-            meteor.prepare(
-                lambda: (text for refs in tokenized_references(references) for text in refs)
-            )
-    return meteor
+            if "meteor" in metrics:
+                self.meteor.warm_up()
+            return
+        if "cider" in metrics:
+            self._counted = Future()
+        texts = self._texts(references, n_images=len(references))
+        if "meteor" in metrics:
+            self._read = self.meteor.prepare(lambda: texts)
+        if self._read is None and self._counted is not None:
+            # no METEOR cut reads them: a thread of our own does, for the frequencies
+            self._read = Future()
+            threading.Thread(
+                target=_drain, args=(texts, self._read), name="cider-frequencies", daemon=True
+            ).start()
+
+    def _texts(self, references: Mapping[int, Sequence[str]], n_images: int) -> Iterator[str]:
+        """Every reference as METEOR gets it, a tokenizer chunk at a time; counts CIDEr-D's
+        document frequencies on the way and sets them once the last one is read."""
+        counts: Counter[coco_scorers.Ngram] = Counter()
+        for refs in tokenized_references(references):
+            if self._counted is not None:
+                counts.update(coco_scorers.image_ngrams([coco_scorers.cook(r) for r in refs]))
+            yield from refs
+        if self._counted is not None:
+            frequencies = {ngram: float(n) for ngram, n in counts.items()}
+            self._counted.set_result(DocumentFrequency(n_images, frequencies))
+
+    def document_frequency(self) -> DocumentFrequency | None:
+        """CIDEr-D's document frequencies of the references, waiting for them; None if they
+        were not asked for or could not be counted (a scorer counts them itself)."""
+        if self._counted is None or self._read is None:
+            return None
+        wait([self._counted, self._read], return_when=FIRST_COMPLETED)
+        return self._counted.result() if self._counted.done() else None
+
+    def close(self) -> None:
+        """Stop the METEOR JVM, if one was started."""
+        self.meteor.close()
+
+
+def _drain(texts: Iterator[str], done: Future[Any]) -> None:
+    # a failure leaves the frequencies uncounted: the scorer counts them and says what failed
+    try:
+        for _ in texts:
+            pass
+    except Exception:
+        pass
+    finally:
+        done.set_result(None)
+
+
+def prepare_scoring(
+    metrics: Sequence[str], references: Mapping[int, Sequence[str]] | None = None
+) -> PreparedScoring:
+    """Start getting ready, in the background, to score these references (PreparedScoring)."""
+    return PreparedScoring(metrics, references)
 
 
 def tokenized_references(references: Mapping[int, Sequence[str]]) -> Iterator[list[str]]:
@@ -152,31 +211,54 @@ class SampleScorer:
         metrics: Sequence[str],
         *,
         document_frequency: DocumentFrequency | None = None,
-        meteor: MeteorProcess | None = None,
+        prepared: PreparedScoring | None = None,
+        on_counted: Callable[[DocumentFrequency], None] | None = None,
     ):
         """references: by image id, of the images that have some (kept, not copied);
-        meteor: a METEOR process to use (one start_meteor may have started already)."""
+        prepared: what prepare_scoring started for these references (its METEOR JVM,
+        and its document frequencies unless some are given); on_counted: told the
+        document frequencies when they were not given, once counted."""
         self.groups = [g for g in metrics if g in PER_SAMPLE_GROUPS]
         self.available = bool(self.groups) and shutil.which("java") is not None
         # raw references, tokenized with each batch's captions: holding every planned
         # image's tokenized references would cost ~80 MB at 100k images (and the raw
         # ones are looked up in the samples, not copied)
         self.references: Mapping[int, Sequence[str]] = {}
-        self.meteor = meteor or MeteorProcess()
-        self.document_frequency: DocumentFrequency | None = None
+        self.meteor = prepared.meteor if prepared is not None else MeteorProcess()
+        self._frequencies = document_frequency
+        self._prepared, self._on_counted = prepared, on_counted
         self._cider: coco_scorers.CiderD | None = None
-        if not self.available:
-            return
-        self.references = references
-        if "cider" in self.groups:
-            if document_frequency is None:
-                counts = coco_scorers.document_frequency(self._cooked_references())
-                document_frequency = DocumentFrequency(len(self.references), counts)
-            self.document_frequency = document_frequency
-            # the planned set's df and N (not this call's): every sample gets its batch value
-            self._cider = coco_scorers.CiderD(
-                document_frequency.counts, document_frequency.n_images
-            )
+        self._cider_lock = threading.Lock()
+        if self.available:
+            self.references = references
+
+    @property
+    def document_frequency(self) -> DocumentFrequency | None:
+        """CIDEr-D's document frequencies of the planned set (None without CIDEr-D).
+
+        Counted on first need, not up front: the first batch generates while they
+        are counted in the background (prepare_scoring).
+        """
+        cider = self._cider_scorer()
+        return self._frequencies if cider is not None else None
+
+    def _cider_scorer(self) -> coco_scorers.CiderD | None:
+        if self._cider is not None or "cider" not in self.groups or not self.available:
+            return self._cider
+        with self._cider_lock:
+            if self._cider is None:
+                frequencies = self._frequencies
+                if frequencies is None and self._prepared is not None:
+                    frequencies = self._prepared.document_frequency()
+                if frequencies is None:
+                    counts = coco_scorers.document_frequency(self._cooked_references())
+                    frequencies = DocumentFrequency(len(self.references), counts)
+                if self._frequencies is None and self._on_counted is not None:
+                    self._on_counted(frequencies)
+                self._frequencies = frequencies
+                # the planned set's df and N (not this call's): every sample gets its batch value
+                self._cider = coco_scorers.CiderD(frequencies.counts, frequencies.n_images)
+        return self._cider
 
     def _cooked_references(self) -> Iterator[list[Any]]:
         """Every planned image's cooked references, tokenized a chunk at a time and dropped."""
@@ -219,7 +301,8 @@ class SampleScorer:
     ) -> SampleScore:
         out = SampleScore()
         scores, detail = out.scores, out.detail
-        if "bleu" in self.groups or self._cider is not None:
+        cider = self._cider_scorer()
+        if "bleu" in self.groups or cider is not None:
             hyp = coco_scorers.cook(hypo)
             cooked = [coco_scorers.cook(r) for r in refs]
         if "bleu" in self.groups:
@@ -232,13 +315,11 @@ class SampleScorer:
             detail["meteor"], scores["METEOR"] = meteor
         if "rouge" in self.groups:
             scores["ROUGE_L"] = coco_scorers.rouge_l(hypo, refs)
-        if self._cider is not None:
-            cider = self._cider
+        if cider is not None:
             scores["CIDEr"] = cider.score(
                 cider.hypothesis(hyp), [cider.reference(c) for c in cooked]
             )
-            assert self.document_frequency is not None
-            detail["cider_planned"] = self.document_frequency.n_images
+            detail["cider_planned"] = self.planned
         out.scores = {k: v for k, v in scores.items() if not math.isnan(v)}
         return out
 
@@ -247,8 +328,8 @@ class SampleScorer:
         need = {"bleu": "bleu", "meteor": "meteor"}
         if any(key not in detail for group, key in need.items() if group in self.groups):
             return False
-        if "cider" in self.groups and self.document_frequency is not None:
-            return detail.get("cider_planned") == self.document_frequency.n_images
+        if "cider" in self.groups and self.available:
+            return detail.get("cider_planned") == self.planned
         return True
 
     def corpus(self, samples: Sequence[SampleScore | CorpusPart]) -> dict[str, float]:
