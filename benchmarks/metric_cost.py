@@ -207,6 +207,8 @@ def main() -> None:
     candidates, references = coco(args.images)
     items = list(candidates.items())[: args.per_sample_images]
     scorer = SampleScorer(references, GROUPS)
+    # counted before any sample is scored, as a run counts them while its model loads
+    assert scorer.document_frequency is not None
 
     def per_sample() -> list:
         scored = []
