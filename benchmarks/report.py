@@ -70,31 +70,36 @@ NOTES = """\
   in the runs so far). Real-scale figures on a GPU are not measured (no GPU was lent).
 - **All metrics vs none** includes METEOR. METEOR 1.5 loads its whole
   paraphrase table (5.3 million entries: about 10 CPU-seconds) before it answers
-  anything; a run now starts its JVM on the entries its references can match
-  (the same scores; tests compare them), cut in the background while the model
-  loads, so it answers after about a second (offcpu_overlap's last line), and
-  with the C1 compiler only, which halves its CPU on a run's short requests
-  (metric_cost's last line: started and scoring 1,000 COCO captions, about 5
-  CPU-seconds and 250 MiB against about 16 and 570 MiB on the whole table).
+  anything; a run starts its JVM on the entries its references can match (the
+  same scores; tests compare them), cut in the background while the model loads,
+  so it answers after under a second (offcpu_overlap's last line), with the C1
+  compiler only, which halves its CPU on a run's short requests, and with
+  `-lower` on text the run has already normalized as `-norm` would (Python for
+  plain lower-case words, METEOR's own normalizer in a JVM for the rest): a
+  third less of its scoring CPU, and no normalizer JVM for the cut of plain
+  references. metric_cost's last line: started and scoring 1,000 COCO captions,
+  about 4.4 CPU-seconds and 250 MiB, against about 16 and 570 MiB on the whole
+  table. CIDEr-D's document frequencies are counted from the cut's own
+  tokenization of the references, in the background, and first needed when the
+  first batch is scored, so the first generate no longer waits for them.
   Everything the scorers do still runs on the two cores the CPU-bound demo model
   uses, and a share of a core taken from the model costs it more than that share
   (the busy-process line). Two lower bounds are printed. Half the all-metrics
   run's CPU time (its process and its JVMs) bounds that run as it ran; it
   includes the model's threads waiting on each other while another thread holds
   a core. The tighter one holds for any overlap: the none run's CPU plus the CPU
-  of scoring the same captions alone, over the cores; it was 1.35x before the
-  cut and is now below 1x, so the target is no longer out of reach here, but it
-  is still missed: the all-metrics run now costs about what the Java-free one
-  does (PTB tokenization, BLEU, ROUGE-L and CIDEr-D as samples land, CIDEr-D's
-  document frequencies counted before the first generate). Batches wait to be
+  of scoring the same captions alone, over the cores (1.35x before the cut, now
+  below 1x). The target was met for the first time in this run (1.12x; 1.23x
+  and 1.70x in the two before); the margin is small beside the machine's noise,
+  and the Java-free metrics alone cost about as much (1.09x). Batches wait to be
   scored while the model goes on (up to 1,024 samples of them), so a model that
   leaves the CPU idle, as one on a GPU does, never waits for scoring
   (offcpu_overlap: a backend that sleeps 6 ms a sample): every metric costs it
-  about 8%. A checkpoint's corpus METEOR is one `EVAL` of the samples' summed
+  about 4%. A checkpoint's corpus METEOR is one `EVAL` of the samples' summed
   statistics (metric_cost's METEOR checkpoint lines: the same score as an `EVAL`
   of every line, in about a millisecond). The ratio's denominator moves with the
-  machine too: the `--metrics none` runs took 13.0 s in this run, 14.4 s and 13.4
-  s in the two before.
+  machine too: the `--metrics none` runs took 15.8 s in this run, 13.0 s and
+  14.4 s in the two before.
 - **Process exit** is the time from a run's command returning to its process
   ending. Interpreter shutdown would run full garbage collections over every
   object alive (transformers' modules and the model); the CLI freezes the heap
