@@ -31,7 +31,13 @@ from typing import IO
 import numpy as np
 
 from cobra_eval.metrics.corpus import pycocoevalcap_dir
-from cobra_eval.metrics.meteor_text import MeteorNormalizer, NormalizerError, normalized_lines
+from cobra_eval.metrics.meteor_text import (
+    JVM_OPTIONS,
+    Jvm,
+    MeteorNormalizer,
+    NormalizerError,
+    normalized_lines,
+)
 
 #: Seconds one reply of the METEOR JVM may take (its start-up included) before it is killed.
 METEOR_TIMEOUT_S = 120
@@ -52,7 +58,13 @@ class MeteorProcess:
         """table: the paraphrase table the JVM loads (gzip; None: METEOR's own)."""
         self.timeout_s = timeout_s
         self.table = table
-        self._proc: subprocess.Popen[bytes] | None = None
+        # the paraphrase table is chosen when the JVM starts (the cut, once it is ready);
+        # -lower: the texts come normalized as -norm would (meteor_text)
+        self._jvm = Jvm(
+            lambda: ["java", *JVM_OPTIONS, "-jar", "-Xmx2G", "meteor-1.5.jar", "-", "-",
+                     "-stdio", "-l", "en", "-lower", *self._paraphrase_args()],
+            cwd=pycocoevalcap_dir() / "meteor",
+        )  # fmt: skip
         self._lock = threading.Lock()
         #: the table cut to the references (None: the whole table), once prepared
         self._cut: Future[Path | None] | None = None
@@ -94,7 +106,7 @@ class MeteorProcess:
                 cut.set_result(path)
             with self._lock:
                 if self._cut is cut:
-                    self._start()
+                    self._jvm.running()
                 else:  # closed meanwhile
                     shutil.rmtree(folder, ignore_errors=True)
 
@@ -108,13 +120,12 @@ class MeteorProcess:
     @property
     def pid(self) -> int | None:
         """The JVM's process id while one runs."""
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
+        return self._jvm.pid
 
     def warm_up(self) -> None:
         """Start the JVM now (it loads for seconds) so it is ready when the first sample lands."""
         with self._lock:
-            self._start()
+            self._jvm.running()
 
     def stats_many(self, pairs: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
         """The statistics lines of many (hypothesis, references), pipelined in chunks."""
@@ -137,7 +148,7 @@ class MeteorProcess:
         try:
             values = [float(r) for r in replies]
         except ValueError:
-            self._kill()
+            self._jvm.kill()
             raise MeteorError(f"METEOR answered {replies[-1]!r} instead of a score") from None
         return values[-1], values[:-1]
 
@@ -163,7 +174,7 @@ class MeteorProcess:
             raise MeteorError(str(exc)) from None
 
     def _ask(self, line: str, n_replies: int) -> list[str]:
-        proc = self._start()
+        proc = self._jvm.running()
         assert proc.stdin is not None and proc.stdout is not None
         # a reply that never comes (a wedged JVM) must not hang the run: kill it at the deadline
         timer = threading.Timer(self.timeout_s, proc.kill)
@@ -173,7 +184,7 @@ class MeteorProcess:
             proc.stdin.flush()
             replies = [_read_line(proc.stdout) for _ in range(n_replies)]
         except (OSError, EOFError) as exc:
-            self._kill()
+            self._jvm.kill()
             raise MeteorError(f"the METEOR process stopped: {_why(proc, exc)}") from None
         finally:
             timer.cancel()
@@ -185,40 +196,11 @@ class MeteorProcess:
         table = cut if cut is not None and cut.is_file() else self.table
         return ["-a", str(table)] if table is not None else []
 
-    def _start(self) -> subprocess.Popen[bytes]:
-        if self._proc is None or self._proc.poll() is not None:
-            folder = pycocoevalcap_dir() / "meteor"
-            # METEOR reads numbers (its own statistics lines) and lowercases words in the
-            # JVM's default locale: under a German one every EVAL fails, under a Turkish
-            # one 'I' lowercases to a dotless i. English, whatever the machine's locale.
-            # The serial collector: loading the whole paraphrase table peaks near 600 MiB
-            # with it and above 1 GiB with the default one (its garbage is left to grow
-            # into the 2 GB heap), for as much CPU or a little less (metric_cost's METEOR JVM
-            # line). C1 only: a run's requests are short, and C2's compilations cost more
-            # CPU than they save (1,000 captions a batch at a time: about half the CPU).
-            # Same scores (Java's arithmetic is strict). A JVM without a flag ignores it.
-            self._proc = subprocess.Popen(
-                ["java", "-Duser.language=en", "-Duser.country=US",
-                 "-XX:+IgnoreUnrecognizedVMOptions", "-XX:+UseSerialGC",
-                 "-XX:TieredStopAtLevel=1", "-jar", "-Xmx2G",
-                 "meteor-1.5.jar", "-", "-", "-stdio", "-l", "en", "-lower",
-                 *self._paraphrase_args()],
-                cwd=folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-        return self._proc
-
-    def _kill(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-
     def close(self) -> None:
         """Stop the JVM, if one was started; a later use starts one on the whole table."""
         self._normalizer.close()
         with self._lock:
-            self._kill()
+            self._jvm.kill()
             cut, folder = self._cut, self._folder
             self._cut = self._folder = None
             # a cut still being made is removed by its thread when it is done

@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cobra_eval.metrics.corpus import pycocoevalcap_dir
@@ -42,6 +42,49 @@ NORMALIZE_TIMEOUT_S = 300
 #: String.trim's characters: those up to U+0020.
 JAVA_TRIMMED = "".join(chr(c) for c in range(0x21))
 SEPARATOR = "|||"
+#: Every METEOR JVM's options. METEOR reads numbers (its own statistics lines) and
+#: lower-cases words in the JVM's default locale: under a German one every EVAL fails,
+#: under a Turkish one 'I' lower-cases to a dotless i, so English whatever the
+#: machine's. The serial collector and C1 only: its requests are short, and C2's
+#: compilations and the default collector cost more CPU and memory than they save
+#: (metric_cost's METEOR JVM line); the same output, as Java's arithmetic is strict.
+#: A JVM without a flag ignores it.
+JVM_OPTIONS = (
+    "-Duser.language=en", "-Duser.country=US", "-XX:+IgnoreUnrecognizedVMOptions",
+    "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+)  # fmt: skip
+
+
+class Jvm:
+    """One JVM answering on its stdout: started on first use (again after it died), killed
+    by kill. The caller serializes its use."""
+
+    def __init__(self, command: Callable[[], list[str]], cwd: Path | None = None):
+        """command: made when the JVM starts (its arguments may depend on what is ready)."""
+        self.command, self.cwd = command, cwd
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """Its process id while it runs."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def running(self) -> subprocess.Popen[bytes]:
+        """The process, started if it is not running."""
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                self.command(), cwd=self.cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        return self._proc
+
+    def kill(self) -> None:
+        """Kill it and wait for it, if it was started."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
 
 
 class NormalizerError(RuntimeError):
@@ -65,14 +108,17 @@ class MeteorNormalizer:
 
     def __init__(self, timeout_s: float = NORMALIZE_TIMEOUT_S):
         self.timeout_s = timeout_s
-        self._proc: subprocess.Popen[bytes] | None = None
+        # UTF-8 in and out whatever the machine's locale
+        self._jvm = Jvm(
+            lambda: ["java", *JVM_OPTIONS, "-Dfile.encoding=UTF-8", "-Dsun.stdout.encoding=UTF-8",
+                     "-cp", str(meteor_jar()), "edu.cmu.meteor.util.Normalizer", "en", "true"]
+        )  # fmt: skip
         self._lock = threading.Lock()
 
     @property
     def pid(self) -> int | None:
         """The normalizer JVM's process id while one runs (None until a text needed it)."""
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
+        return self._jvm.pid
 
     def normalize(self, texts: Sequence[str]) -> list[str]:
         """Each text as METEOR's ``-norm`` would align it, before lower-casing.
@@ -92,7 +138,7 @@ class MeteorNormalizer:
             raise ValueError("METEOR cannot score a text with a line break")
         data = "".join(f"{text}\n" for text in texts).encode("utf-8")
         with self._lock:
-            proc = self._start()
+            proc = self._jvm.running()
             assert proc.stdin is not None and proc.stdout is not None
             # a wedged JVM must not hang the run: killed at the deadline, which ends the reads
             timer = threading.Timer(self.timeout_s, proc.kill)
@@ -107,35 +153,16 @@ class MeteorNormalizer:
                 writer.join()
             answered = sum(reply.endswith(b"\n") for reply in replies)
             if answered < len(texts):
-                self._kill()
+                self._jvm.kill()
                 raise NormalizerError(
                     f"METEOR's normalizer stopped after {answered} of {len(texts)} texts"
                 )
         return [reply[:-1].decode("utf-8") for reply in replies]
 
-    def _start(self) -> subprocess.Popen[bytes]:
-        if self._proc is None or self._proc.poll() is not None:
-            # C1 and the serial collector: a third less CPU for short jobs (same output);
-            # UTF-8 in and out whatever the machine's locale
-            self._proc = subprocess.Popen(
-                ["java", "-Duser.language=en", "-Duser.country=US", "-Dfile.encoding=UTF-8",
-                 "-Dsun.stdout.encoding=UTF-8", "-XX:+IgnoreUnrecognizedVMOptions",
-                 "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-cp", str(meteor_jar()),
-                 "edu.cmu.meteor.util.Normalizer", "en", "true"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-        return self._proc
-
-    def _kill(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-
     def close(self) -> None:
         """Stop the normalizer JVM, if one was started (a later text starts another)."""
         with self._lock:
-            self._kill()
+            self._jvm.kill()
 
     def __enter__(self) -> MeteorNormalizer:
         return self
