@@ -57,7 +57,7 @@ from cobra_eval.datasets import load_dataset, select_samples
 from cobra_eval.demo import DEMO_MODEL_DIR
 from cobra_eval.methods.baseline import PROMPT
 from cobra_eval.metrics import parse_metric_list
-from cobra_eval.metrics.per_sample import SampleScorer, prepare_scoring
+from cobra_eval.metrics.per_sample import PreparedScoring, SampleScorer
 from cobra_eval.progress import SilentReporter
 from cobra_eval.runner import run_evaluation
 
@@ -268,7 +268,7 @@ def score_file(path: str) -> None:
     results = json.loads(Path(path).read_text())["results"]
     metrics = parse_metric_list("bleu,meteor,rouge,cider")
     references = {r["image_id"]: r["reference_captions"] for r in results}
-    scorer = SampleScorer(references, metrics, prepared=prepare_scoring(metrics, references))
+    scorer = SampleScorer(references, metrics, prepared=PreparedScoring(metrics, references))
     scores = []
     for i in range(0, len(results), BATCH):
         batch = results[i : i + BATCH]

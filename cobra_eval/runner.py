@@ -38,7 +38,6 @@ from cobra_eval.metrics.per_sample import (
     PreparedScoring,
     SampleScore,
     SampleScorer,
-    prepare_scoring,
 )
 from cobra_eval.progress import Reporter, SilentReporter
 from cobra_eval.resume import resolve_run
@@ -139,7 +138,7 @@ def run_evaluation(
     # METEOR's JVM gets ready (its paraphrase table cut to the planned references, then
     # loaded) and CIDEr-D's document frequencies are counted, in the background while the
     # run opens and the model loads, which leave a core idle
-    prepared = prepare_scoring(
+    prepared = PreparedScoring(
         settings.metrics, SampleReferences({s.image_id: s for s in chosen.samples})
     )
     try:

@@ -61,11 +61,11 @@ def test_java_free_scores_equal_pycocoevalcaps_own_run() -> None:
 
 @pytest.mark.parametrize("metrics", [("cider",), ("meteor", "cider")])
 def test_frequencies_counted_while_the_model_loads_are_the_scorers_own(metrics) -> None:
-    from cobra_eval.metrics.per_sample import SampleScorer, prepare_scoring
+    from cobra_eval.metrics.per_sample import PreparedScoring, SampleScorer
 
     alone = SampleScorer(REFERENCES, ("cider",))
     own = alone.document_frequency
-    prepared = prepare_scoring(metrics, REFERENCES)
+    prepared = PreparedScoring(metrics, REFERENCES)
     try:
         counted = prepared.document_frequency()
         assert counted is not None and own is not None

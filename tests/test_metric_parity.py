@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cobra_eval.metrics.corpus import pycocoevalcap_dir, real_coco_captions, score_corpus
-from cobra_eval.metrics.per_sample import SampleScorer, prepare_scoring
+from cobra_eval.metrics.per_sample import PreparedScoring, SampleScorer
 
 N_IMAGES = 1000
 
@@ -67,7 +67,7 @@ def test_incremental_and_corpus_scores_equal_pycocoevalcap(coco) -> None:
     truth = official(candidates, references, meteor=True)
     groups = ("bleu", "meteor", "rouge", "cider")
     # METEOR as a run starts it: its paraphrase table cut to these references
-    scorer = SampleScorer(references, groups, prepared=prepare_scoring(groups, references))
+    scorer = SampleScorer(references, groups, prepared=PreparedScoring(groups, references))
     try:
         # as a run commits them: one small batch at a time
         items = list(candidates.items())

@@ -126,8 +126,9 @@ class MeteorNormalizer:
         A text with a line break cannot be sent (the normalizer, like METEOR, reads
         a line at a time): ValueError.
         """
-        out = [" ".join(text.split()) if PLAIN.fullmatch(text) else "" for text in texts]
-        rest = [k for k, text in enumerate(texts) if not PLAIN.fullmatch(text)]
+        plain = [PLAIN.fullmatch(text) is not None for text in texts]
+        out = [" ".join(text.split()) if p else "" for text, p in zip(texts, plain, strict=True)]
+        rest = [k for k, p in enumerate(plain) if not p]
         if rest:
             for k, text in zip(rest, self._ask([texts[k] for k in rest]), strict=True):
                 out[k] = text

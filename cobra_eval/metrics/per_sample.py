@@ -13,6 +13,8 @@ are pooled exactly as pycocoevalcap pools them, without scoring anything again.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import gzip
 import hashlib
 import json
@@ -115,6 +117,11 @@ class DocumentFrequency:
         return hashlib.sha256(self.to_bytes()).hexdigest()
 
     @classmethod
+    def of(cls, n_images: int, counts: Counter[tuple[str, ...]]) -> DocumentFrequency:
+        """From the number of images each n-gram occurs in (counted_texts' counts)."""
+        return cls(n_images, {ngram: float(n) for ngram, n in counts.items()})
+
+    @classmethod
     def from_bytes(cls, data: bytes) -> DocumentFrequency:
         loaded = json.loads(gzip.decompress(data))
         counts = {tuple(ngram.split(" ")): float(count) for ngram, count in loaded["df"]}
@@ -141,7 +148,7 @@ class PreparedScoring:
             return
         if "cider" in metrics:
             self._counted = Future()
-        texts = self._texts(references, n_images=len(references))
+        texts = self._texts(references)
         if "meteor" in metrics:
             self._read = self.meteor.prepare(lambda: texts)
         if self._read is None and self._counted is not None:
@@ -151,17 +158,15 @@ class PreparedScoring:
                 target=_drain, args=(texts, self._read), name="cider-frequencies", daemon=True
             ).start()
 
-    def _texts(self, references: Mapping[int, Sequence[str]], n_images: int) -> Iterator[str]:
-        """Every reference as METEOR gets it, a tokenizer chunk at a time; counts CIDEr-D's
-        document frequencies on the way and sets them once the last one is read."""
+    def _texts(self, references: Mapping[int, Sequence[str]]) -> Iterator[str]:
+        """Every reference as METEOR gets it; sets CIDEr-D's document frequencies once the
+        last one is read."""
+        if self._counted is None:
+            yield from counted_texts(references, None)
+            return
         counts: Counter[coco_scorers.Ngram] = Counter()
-        for refs in tokenized_references(references):
-            if self._counted is not None:
-                counts.update(coco_scorers.image_ngrams([coco_scorers.cook(r) for r in refs]))
-            yield from refs
-        if self._counted is not None:
-            frequencies = {ngram: float(n) for ngram, n in counts.items()}
-            self._counted.set_result(DocumentFrequency(n_images, frequencies))
+        yield from counted_texts(references, counts)
+        self._counted.set_result(DocumentFrequency.of(len(references), counts))
 
     def document_frequency(self) -> DocumentFrequency | None:
         """CIDEr-D's document frequencies of the references, waiting for them; None if they
@@ -179,27 +184,24 @@ class PreparedScoring:
 def _drain(texts: Iterator[str], done: Future[Any]) -> None:
     # a failure leaves the frequencies uncounted: the scorer counts them and says what failed
     try:
-        for _ in texts:
-            pass
-    except Exception:
-        pass
+        with contextlib.suppress(Exception):
+            collections.deque(texts, maxlen=0)
     finally:
         done.set_result(None)
 
 
-def prepare_scoring(
-    metrics: Sequence[str], references: Mapping[int, Sequence[str]] | None = None
-) -> PreparedScoring:
-    """Start getting ready, in the background, to score these references (PreparedScoring)."""
-    return PreparedScoring(metrics, references)
-
-
-def tokenized_references(references: Mapping[int, Sequence[str]]) -> Iterator[list[str]]:
-    """Each image's references as a scorer tokenizes them, a chunk of images per request."""
+def counted_texts(
+    references: Mapping[int, Sequence[str]], counts: Counter[coco_scorers.Ngram] | None
+) -> Iterator[str]:
+    """Every reference as a scorer tokenizes them, a chunk of images per tokenizer request;
+    each image's distinct n-grams are added to counts (when given) on the way."""
     ids = list(references)
     for start in range(0, len(ids), REFERENCE_CHUNK):
         chunk = {i: references[i] for i in ids[start : start + REFERENCE_CHUNK]}
-        yield from ptb_tokenize(chunk).values()
+        for refs in ptb_tokenize(chunk).values():
+            if counts is not None:
+                counts.update(coco_scorers.image_ngrams([coco_scorers.cook(r) for r in refs]))
+            yield from refs
 
 
 class SampleScorer:
@@ -215,7 +217,7 @@ class SampleScorer:
         on_counted: Callable[[DocumentFrequency], None] | None = None,
     ):
         """references: by image id, of the images that have some (kept, not copied);
-        prepared: what prepare_scoring started for these references (its METEOR JVM,
+        prepared: what PreparedScoring started for these references (its METEOR JVM,
         and its document frequencies unless some are given); on_counted: told the
         document frequencies when they were not given, once counted."""
         self.groups = [g for g in metrics if g in PER_SAMPLE_GROUPS]
@@ -237,7 +239,7 @@ class SampleScorer:
         """CIDEr-D's document frequencies of the planned set (None without CIDEr-D).
 
         Counted on first need, not up front: the first batch generates while they
-        are counted in the background (prepare_scoring).
+        are counted in the background (PreparedScoring).
         """
         cider = self._cider_scorer()
         return self._frequencies if cider is not None else None
@@ -251,19 +253,15 @@ class SampleScorer:
                 if frequencies is None and self._prepared is not None:
                     frequencies = self._prepared.document_frequency()
                 if frequencies is None:
-                    counts = coco_scorers.document_frequency(self._cooked_references())
-                    frequencies = DocumentFrequency(len(self.references), counts)
+                    counts: Counter[coco_scorers.Ngram] = Counter()
+                    collections.deque(counted_texts(self.references, counts), maxlen=0)
+                    frequencies = DocumentFrequency.of(len(self.references), counts)
                 if self._frequencies is None and self._on_counted is not None:
                     self._on_counted(frequencies)
                 self._frequencies = frequencies
                 # the planned set's df and N (not this call's): every sample gets its batch value
                 self._cider = coco_scorers.CiderD(frequencies.counts, frequencies.n_images)
         return self._cider
-
-    def _cooked_references(self) -> Iterator[list[Any]]:
-        """Every planned image's cooked references, tokenized a chunk at a time and dropped."""
-        for refs in tokenized_references(self.references):
-            yield [coco_scorers.cook(r) for r in refs]
 
     @property
     def planned(self) -> int:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cobra_eval.metrics.corpus import CorpusScores, score_corpus
-from cobra_eval.metrics.per_sample import SampleScorer, prepare_scoring
+from cobra_eval.metrics.per_sample import PreparedScoring, SampleScorer
 from cobra_eval.store.checkpoint_io import ResultRecord
 from cobra_eval.store.repository import Store
 from cobra_eval.store.scores import (
@@ -39,7 +39,7 @@ def rescore(results: Sequence[ResultRecord], metrics: Sequence[str]) -> Rescored
     corpus = CorpusScores(n=len(scored))
     # METEOR's JVM gets ready (on the paraphrase entries these references can match)
     # and CIDEr-D's document frequencies are counted from one tokenization of them
-    scorer = SampleScorer(references, metrics, prepared=prepare_scoring(metrics, references))
+    scorer = SampleScorer(references, metrics, prepared=PreparedScoring(metrics, references))
     try:
         values = scorer.score([(r.image_id, r.generated_caption) for r in scored])
         corpus.scores.update(scorer.corpus(values))
