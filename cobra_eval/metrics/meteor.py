@@ -43,6 +43,11 @@ from cobra_eval.metrics.meteor_text import (
 METEOR_TIMEOUT_S = 120
 #: Statistics requests written before their replies are read (each reply is ~100 bytes).
 STATS_CHUNK = 64
+#: Requests of a rehearsal sent at a time: a real request waits for one such chunk at most.
+REHEARSAL_CHUNK = 16
+
+#: (tokenized hypothesis, its tokenized references) pairs.
+Pairs = Sequence[tuple[str, Sequence[str]]]
 
 _log = logging.getLogger(__name__)
 
@@ -71,10 +76,15 @@ class MeteorProcess:
         self._folder: Path | None = None
         #: started only if a text is not plain words (most are: meteor_text)
         self._normalizer = MeteorNormalizer(timeout_s)
+        #: changes with every real request and every close: a rehearsal stops when it does
+        self._uses = 0
 
-    def prepare(self, references: Callable[[], Iterable[str]]) -> Future[Path | None] | None:
+    def prepare(
+        self, references: Callable[[], Iterable[str]], rehearsal: Callable[[], Pairs] | None = None
+    ) -> Future[Path | None] | None:
         """Cut the paraphrase table to these references and start the JVM on it, in the
-        background. references: every reference text that will be scored, as sent.
+        background. references: every reference text that will be scored, as sent;
+        rehearsal: pairs to score once the JVM is up, answers dropped (``rehearse``).
 
         Scoring before the cut is ready waits for it; if it cannot be made, the JVM
         loads the whole table. Nothing here changes a score. Returns the cut's future
@@ -91,6 +101,7 @@ class MeteorProcess:
             return None
         cut: Future[Path | None] = Future()
         self._cut, self._folder = cut, folder
+        uses = self._uses  # a real request from now on makes the rehearsal pointless
 
         def texts() -> Iterator[str]:
             yield from references()
@@ -105,10 +116,12 @@ class MeteorProcess:
             finally:
                 cut.set_result(path)
             with self._lock:
-                if self._cut is cut:
-                    self._jvm.running()
-                else:  # closed meanwhile
+                if self._cut is not cut:  # closed meanwhile
                     shutil.rmtree(folder, ignore_errors=True)
+                    return
+                self._jvm.running()
+            if rehearsal is not None:
+                self._rehearse(rehearsal(), uses)
 
         threading.Thread(target=cut_and_start, name="meteor-paraphrases", daemon=True).start()
         return cut
@@ -127,8 +140,38 @@ class MeteorProcess:
         with self._lock:
             self._jvm.running()
 
-    def stats_many(self, pairs: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
+    def rehearse(self, pairs: Pairs) -> int:
+        """Score these pairs on the running JVM and drop the answers, until the first real
+        request or close; returns how many were scored.
+
+        A JVM's first answers cost it twice the CPU of later ones (its code is
+        compiled, its caches fill: 0.6 CPU-s over a run's first 1,000 captions). A
+        run rehearses on its references while its model loads, when a core is idle,
+        instead of paying that while it generates. Starts no JVM; changes no score.
+        """
+        return self._rehearse(pairs, self._uses)
+
+    def _rehearse(self, pairs: Pairs, uses: int) -> int:
+        try:
+            lines = self._normalized([_score_line(hyp, references) for hyp, references in pairs])
+        except MeteorError:
+            return 0  # a text it cannot send: a real request says so, if one comes
+        done = 0
+        for start in range(0, len(lines), REHEARSAL_CHUNK):
+            chunk = lines[start : start + REHEARSAL_CHUNK]
+            with self._lock:
+                if self._uses != uses or self._jvm.pid is None:
+                    break
+                try:
+                    self._ask("\n".join(chunk), len(chunk))
+                except MeteorError:
+                    break  # the JVM was killed: the next real request starts another
+            done += len(chunk)
+        return done
+
+    def stats_many(self, pairs: Pairs) -> list[str]:
         """The statistics lines of many (hypothesis, references), pipelined in chunks."""
+        self._uses += 1
         lines = self._normalized([_score_line(hyp, references) for hyp, references in pairs])
         out: list[str] = []
         with self._lock:
@@ -142,6 +185,7 @@ class MeteorProcess:
         """(corpus METEOR, per-sample METEOR) of a set of statistics lines: one ``EVAL``."""
         if not stats:
             raise ValueError("METEOR needs at least one statistics line")
+        self._uses += 1
         line = "EVAL" + "".join(f" ||| {s}" for s in stats)
         with self._lock:
             replies = self._ask(line, len(stats) + 1)
@@ -198,6 +242,7 @@ class MeteorProcess:
 
     def close(self) -> None:
         """Stop the JVM, if one was started; a later use starts one on the whole table."""
+        self._uses += 1
         self._normalizer.close()
         with self._lock:
             self._jvm.kill()

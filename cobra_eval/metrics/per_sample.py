@@ -36,6 +36,9 @@ from cobra_eval.metrics.pooling import mean, pooled_bleu
 
 #: Planned images whose references are tokenized per request when counting document frequencies.
 REFERENCE_CHUNK = 4_000
+#: Planned images whose references METEOR rehearses on before the first sample (about
+#: 0.6 CPU-s of its JVM, taken off a run's generation while the model loads).
+REHEARSAL_IMAGES = 100
 #: Metric groups that can be scored per sample (SPICE is corpus-only here).
 PER_SAMPLE_GROUPS = ("bleu", "meteor", "rouge", "cider")
 
@@ -148,9 +151,11 @@ class PreparedScoring:
             return
         if "cider" in metrics:
             self._counted = Future()
+        #: the first planned images' references, for METEOR's rehearsal
+        self._rehearsal: list[list[str]] = []
         texts = self._texts(references)
         if "meteor" in metrics:
-            self._read = self.meteor.prepare(lambda: texts)
+            self._read = self.meteor.prepare(lambda: texts, self._rehearsal_pairs)
         if self._read is None and self._counted is not None:
             # no METEOR cut reads them: a thread of our own does, for the frequencies
             self._read = Future()
@@ -161,12 +166,17 @@ class PreparedScoring:
     def _texts(self, references: Mapping[int, Sequence[str]]) -> Iterator[str]:
         """Every reference as METEOR gets it; sets CIDEr-D's document frequencies once the
         last one is read."""
-        if self._counted is None:
-            yield from counted_texts(references, None)
-            return
         counts: Counter[coco_scorers.Ngram] = Counter()
-        yield from counted_texts(references, counts)
-        self._counted.set_result(DocumentFrequency.of(len(references), counts))
+        for refs in counted_texts(references, counts if self._counted is not None else None):
+            if len(self._rehearsal) < REHEARSAL_IMAGES:
+                self._rehearsal.append(refs)
+            yield from refs
+        if self._counted is not None:
+            self._counted.set_result(DocumentFrequency.of(len(references), counts))
+
+    def _rehearsal_pairs(self) -> list[tuple[str, list[str]]]:
+        """Each first image's first reference against its others: text like a run's."""
+        return [(refs[0], refs[1:]) for refs in self._rehearsal if len(refs) > 1]
 
     def document_frequency(self) -> DocumentFrequency | None:
         """CIDEr-D's document frequencies of the references, waiting for them; None if they
@@ -192,16 +202,16 @@ def _drain(texts: Iterator[str], done: Future[Any]) -> None:
 
 def counted_texts(
     references: Mapping[int, Sequence[str]], counts: Counter[coco_scorers.Ngram] | None
-) -> Iterator[str]:
-    """Every reference as a scorer tokenizes them, a chunk of images per tokenizer request;
-    each image's distinct n-grams are added to counts (when given) on the way."""
+) -> Iterator[list[str]]:
+    """Each image's references as a scorer tokenizes them, a chunk of images per tokenizer
+    request; each image's distinct n-grams are added to counts (when given) on the way."""
     ids = list(references)
     for start in range(0, len(ids), REFERENCE_CHUNK):
         chunk = {i: references[i] for i in ids[start : start + REFERENCE_CHUNK]}
         for refs in ptb_tokenize(chunk).values():
             if counts is not None:
                 counts.update(coco_scorers.image_ngrams([coco_scorers.cook(r) for r in refs]))
-            yield from refs
+            yield refs
 
 
 class SampleScorer:
