@@ -4,8 +4,9 @@
 
 1. Per-sample commit on SQLite as the run loop does it (one transaction: the
    result, its pass and its metric rows), WAL, synchronous=NORMAL, on this disk.
-2. Resume planning for runs of each size with 99% done: the pending-ids query,
-   and a worker's claim of its first batch (growth with N).
+2. Resume planning for runs of each size with 99% done: the first claim of a resumed
+   run (how it finds its pending ids: after its settled samples), and a claim that
+   looks from the plan's start (a run's tail does it once; growth with N).
 3. A checkpoint export (read from the database, serialise, write, fsync, rename,
    the `latest` link) at each size, the growth with N, and the resident memory
    one export adds to a fresh process (peak RSS above the RSS before it, Linux).
@@ -32,7 +33,7 @@ from sqlalchemy import insert
 
 from cobra_eval.store import Store, resolve_url
 from cobra_eval.store.checkpoint_io import ResultRecord, read_checkpoint
-from cobra_eval.store.claims import claim_batch
+from cobra_eval.store.claims import ClaimCursor, claim_batch
 from cobra_eval.store.models import utcnow
 from cobra_eval.store.repository import RESULT
 from cobra_eval.store.snapshots import export_snapshot, import_document
@@ -85,7 +86,13 @@ def batch_commit_cost(folder: Path, n: int, batch: int) -> list[float]:
 
 
 def planning_cost(folder: Path, planned: int, repeats: int) -> tuple[list[float], list[float]]:
-    done = planned - max(planned // 100, 8 * repeats)  # each repeat claims 8 more
+    """A resumed run's first claim (its pending ids), and a claim that looks from the plan's start.
+
+    The first is what a run resumed with `done` samples settled does before its first
+    generate: it looks after them (runner's ClaimCursor). The second is what a run's
+    last claims do once when only earlier holes are left (failures to retry).
+    """
+    done = planned - max(planned // 100, 16 * repeats)  # each repeat claims 16 more
     with Store.open(resolve_url(str(folder / f"plan{planned}.db"))) as store:
         store.create_run("r", CONFIG, "f")
         store.ensure_plan("r", list(range(planned)))
@@ -96,18 +103,17 @@ def planning_cost(folder: Path, planned: int, repeats: int) -> tuple[list[float]
                 for i in range(done)]  # fmt: skip
         with store.engine.begin() as conn:
             conn.execute(insert(RESULT), rows)
-        pending_ms, claim_ms = [], []
+        resumed_ms, from_start_ms = [], []
         for k in range(repeats):
-            started = time.perf_counter()
-            left = store.pending("r", "baseline", planned)
-            pending_ms.append((time.perf_counter() - started) * 1000)
-            assert len(left) == planned - done
-            started = time.perf_counter()
-            got = claim_batch(store, "r", "baseline", f"bench:{k}", limit=8, total=planned,
-                              lease_s=60, retry_failed_before=now)  # fmt: skip
-            claim_ms.append((time.perf_counter() - started) * 1000)
-            assert len(got) == 8
-    return pending_ms, claim_ms
+            resumed = ClaimCursor(position=done - 1)  # as runner starts it
+            for cursor, times in ((resumed, resumed_ms), (None, from_start_ms)):
+                started = time.perf_counter()
+                got = claim_batch(store, "r", "baseline", f"bench:{k}:{len(times)}", limit=8,
+                                  total=planned, lease_s=60, retry_failed_before=now,
+                                  cursor=cursor)  # fmt: skip
+                times.append((time.perf_counter() - started) * 1000)
+                assert len(got) == 8 and min(got) >= done
+    return resumed_ms, from_start_ms
 
 
 def filled_store(path: Path, n: int, stored: int | None = None) -> Store:
@@ -244,10 +250,11 @@ def main() -> None:
           f"commits: {show(commits)}")  # fmt: skip
     print(f"the same in batches of 16 (one transaction a batch, as a run commits), per sample: "
           f"{show(batched)}")  # fmt: skip
-    for n, (pending, claims) in planning.items():
-        done = n - max(n // 100, 8 * args.repeats)
-        print(f"resume planning, {n} planned / {done} done: pending ids {show(pending)}; "
-              f"claim of the first batch {show(claims)}")  # fmt: skip
+    for n, (resumed, from_start) in planning.items():
+        done = n - max(n // 100, 16 * args.repeats)
+        print(f"resume planning, {n} planned / {done} done: a resumed run's first claim "
+              f"{show(resumed)}; a claim looking from the plan's start "
+              f"{show(from_start)}")  # fmt: skip
     previous = None
     for n, (times, extra) in exports.items():
         median = statistics.median(times)

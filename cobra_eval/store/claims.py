@@ -56,7 +56,9 @@ DEAD_CHECK_S = 10.0
 
 @dataclass
 class ClaimCursor:
-    """Where a worker's next claim starts looking: after the last plan position it claimed.
+    """Where a worker's next claim starts looking: after the last plan position it claimed
+    (at first, where the worker expects pending samples to start: any position works, as
+    a claim that finds nothing after it looks from the plan's start).
 
     It also paces the look for dead local workers' claims: every live claim of
     the method is read for it, and a fast run holds thousands.

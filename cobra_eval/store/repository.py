@@ -425,24 +425,6 @@ class Store:
         _insert_planned(conn, ({"run_id": run_id, "position": start + k, "image_id": image_id}
                                for k, image_id in enumerate(new())))  # fmt: skip
 
-    def pending(self, run_id: str, method: str, limit: int) -> list[int]:
-        """Planned ids at positions < limit that have no successful result yet, in plan order.
-
-        Failed samples are pending again: every resume retries them.
-        """
-        ok = (
-            select(RESULT.c.image_id)
-            .where(RESULT.c.run_id == run_id, RESULT.c.method == method, RESULT.c.status == "ok")
-            .scalar_subquery()
-        )
-        query = (
-            select(PLAN.c.image_id)
-            .where(PLAN.c.run_id == run_id, PLAN.c.position < limit, PLAN.c.image_id.not_in(ok))
-            .order_by(PLAN.c.position)
-        )
-        with self.reader.connect() as conn:
-            return list(conn.execute(query).scalars())
-
     def count_results(self, run_id: str, method: str, limit: int | None = None) -> int:
         """Samples of a method with a result row (ok or failed), within plan positions < limit."""
         keys = {"run_id": run_id, "method": method, "total": limit}
