@@ -77,6 +77,8 @@ class MethodScores:
         with fewer metrics are rescored now, and the rescoring is recorded.
         Returns how many were rescored.
         """
+        if not self.metrics:
+            return 0  # nothing pools them (reading them took 0.26 s at 20,000 results)
         stored = stored_scores(self.store, self.run_id, self.method.name)
         stale = []
         for image_id in self.samples:

@@ -188,3 +188,29 @@ def test_a_plan_longer_than_one_insert_holds_every_id_once_in_its_order(tmp_path
         assert rows.fetchall() == list(enumerate(again))
     finally:
         con.close()
+
+
+def test_a_plan_extended_narrowed_or_reordered_keeps_every_id_once_in_its_place(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "cobra_eval.db"
+
+    def plan() -> list[tuple[int, int]]:
+        con = sqlite3.connect(db)
+        try:
+            rows = con.execute("SELECT position, image_id FROM planned_sample ORDER BY position")
+            return rows.fetchall()
+        finally:
+            con.close()
+
+    with Store.open(resolve_url(str(db))) as store:
+        store.create_run("r", {"model": {"name": "m"}}, "f")
+        store.ensure_plan("r", [7, 3, 9])
+        store.ensure_plan("r", [7, 3, 9, 4, 1])  # a run resumed with more samples
+        assert plan() == [(0, 7), (1, 3), (2, 9), (3, 4), (4, 1)]
+        store.ensure_plan("r", [7, 3])  # fewer: what is planned beyond stays after them
+        assert plan() == [(0, 7), (1, 3), (2, 9), (3, 4), (4, 1)]
+        store.ensure_plan("r", [7, 3, 9, 4, 1, 8])
+        assert plan() == [(0, 7), (1, 3), (2, 9), (3, 4), (4, 1), (5, 8)]
+        store.ensure_plan("r", [3, 7, 2])  # another order: its ids first, the rest after
+        assert plan() == [(0, 3), (1, 7), (2, 2), (3, 9), (4, 4), (5, 1), (6, 8)]

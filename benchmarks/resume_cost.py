@@ -1,0 +1,121 @@
+"""A resumed 100,000-sample run: the time from its start to its first generate, and its parts.
+
+    python -m benchmarks.resume_cost [--samples 100000] [--done 99000] [--metrics none]
+
+A run of `done` samples (the dataset of run_memory: links to one small PNG, five
+references each; an instant in-process backend) is made once; then the same
+command resumes it to `samples` (--resume_from_checkpoint), timed from its call
+to its first generate. Its steps are timed as they run: the dataset's reading and
+the selection's image checks (a fresh run of the same dataset does both too), and
+what the resume itself adds: the plan checked against the selection, the counts,
+the stored scores read back, the failed samples, and its first claim (the query
+that finds its pending ids). The claim that looks from the plan's start, which a
+run's last claims make once, is reported apart: it comes after the first generate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.run_memory import InstantBackend, make_dataset
+from cobra_eval import method_scores, runner
+from cobra_eval.backends import GenerationRequest
+from cobra_eval.config import GenerationParams, RunSettings
+from cobra_eval.metrics import parse_metric_list
+from cobra_eval.progress import SilentReporter
+from cobra_eval.store.repository import Store
+
+#: (where, attribute, what it is in a run): the steps timed, in the order a resume runs them.
+STEPS: list[tuple[Any, str, str]] = [
+    (runner, "load_dataset", "reading the dataset (every run)"),
+    (runner, "select_samples", "the selection's image checks (every run)"),
+    (Store, "ensure_plan", "the plan checked against the selection"),
+    (Store, "method_progress", "the method's progress"),
+    (Store, "plan_length", "the plan's length"),
+    (Store, "count_results", "the samples done"),
+    (method_scores.MethodScores, "load", "stored scores read back"),
+    (Store, "failed_ids", "the failed samples (retried)"),
+]
+
+
+class FirstCall(InstantBackend):
+    """The instant backend, noting when it was first asked."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+
+    def generate(self, requests: Sequence[GenerationRequest], params: GenerationParams) -> list:
+        if self.first is None:
+            self.first = time.perf_counter()
+        return super().generate(requests, params)
+
+
+class Timer:
+    """Wall seconds inside each wrapped callable, and each call's, in order (claims)."""
+
+    def __init__(self) -> None:
+        self.seconds: collections.Counter[str] = collections.Counter()
+        self.calls: dict[str, list[float]] = collections.defaultdict(list)
+
+    def wrap(self, owner: Any, name: str) -> None:
+        inner: Callable[..., Any] = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent = time.perf_counter() - started
+                self.seconds[name] += spent
+                self.calls[name].append(spent)
+
+        setattr(owner, name, timed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--samples", type=int, default=100_000)
+    parser.add_argument("--done", type=int, default=99_000)
+    parser.add_argument("--metrics", default="none")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = make_dataset(Path(tmp) / "data", args.samples)
+
+        def settings(n: int, **more: Any) -> RunSettings:
+            return RunSettings(method="baseline", num_samples=n, batch_size=16,
+                               metrics=parse_metric_list(args.metrics), dataset=str(dataset),
+                               images=Path(tmp) / "data" / "images",
+                               output_dir=Path(tmp) / "out", **more)  # fmt: skip
+
+        runner.run_evaluation(settings(args.done), backend=InstantBackend(),
+                              reporter=SilentReporter())  # fmt: skip
+        timer = Timer()
+        for owner, name, _ in STEPS:
+            timer.wrap(owner, name)
+        timer.wrap(runner, "claim_batch")
+        backend = FirstCall()
+        started = time.perf_counter()
+        runner.run_evaluation(settings(args.samples, resume_from_checkpoint=True),
+                              backend=backend, reporter=SilentReporter())  # fmt: skip
+    assert backend.first is not None
+    first = (backend.first - started) * 1000
+    claims = timer.calls["claim_batch"]
+    every_run = sum(timer.seconds[name] for _, name, what in STEPS if "every run" in what)
+    print(f"{args.samples} planned / {args.done} done (metrics {args.metrics}), resumed: "
+          f"first generate after {first:.0f} ms; without reading the dataset and checking "
+          f"its images (a fresh run does both): {first - every_run * 1000:.0f} ms")  # fmt: skip
+    for _, name, what in STEPS:
+        print(f"  {what}: {timer.seconds[name] * 1000:.1f} ms")
+    print(f"  the first claim (its pending ids): {claims[0] * 1000:.1f} ms")
+    print(f"after the first generate, the longest claim (looking from the plan's start): "
+          f"{max(claims) * 1000:.1f} ms; {len(claims)} claims in all")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
