@@ -82,7 +82,11 @@ NOTES = """\
   about 4.4 CPU-seconds and 250 MiB, against about 16 and 570 MiB on the whole
   table. CIDEr-D's document frequencies are counted from the cut's own
   tokenization of the references, in the background, and first needed when the
-  first batch is scored, so the first generate no longer waits for them.
+  first batch is scored, so the first generate no longer waits for them. Once
+  its JVM is up, METEOR rehearses on the first 100 planned images' references
+  while the model is still loading (a core is idle then): a JVM's first answers
+  cost it about twice the CPU of later ones, 0.6-0.8 of the 1.7 CPU-seconds it
+  spent on a run's 1,000 captions, which were paid while the model generated.
   Everything the scorers do still runs on the two cores the CPU-bound demo model
   uses, and a share of a core taken from the model costs it more than that share
   (the busy-process line). Two lower bounds are printed. Half the all-metrics
@@ -90,17 +94,37 @@ NOTES = """\
   includes the model's threads waiting on each other while another thread holds
   a core. The tighter one holds for any overlap: the none run's CPU plus the CPU
   of scoring the same captions alone, over the cores (1.35x before the cut, now
-  below 1x). The target was met for the first time in this run (1.12x; 1.23x
-  and 1.70x in the two before); the margin is small beside the machine's noise,
-  and the Java-free metrics alone cost about as much (1.09x). Batches wait to be
+  below 1x). With the rehearsal it was 1.06x and 1.11x in two runs (1.12x,
+  1.23x and 1.70x in the three before, without it); the Java-free metrics alone
+  cost about as much (1.06x and 1.14x), which the rehearsal does not touch: the
+  margin of either is small beside the machine's noise. Batches wait to be
   scored while the model goes on (up to 1,024 samples of them), so a model that
   leaves the CPU idle, as one on a GPU does, never waits for scoring
   (offcpu_overlap: a backend that sleeps 6 ms a sample): every metric costs it
-  about 4%. A checkpoint's corpus METEOR is one `EVAL` of the samples' summed
-  statistics (metric_cost's METEOR checkpoint lines: the same score as an `EVAL`
-  of every line, in about a millisecond). The ratio's denominator moves with the
-  machine too: the `--metrics none` runs took 15.8 s in this run, 13.0 s and
-  14.4 s in the two before.
+  about 1.5% (4% before the rehearsal). A checkpoint's corpus METEOR is one
+  `EVAL` of the samples' summed statistics (metric_cost's METEOR checkpoint
+  lines: the same score as an `EVAL` of every line, in about a millisecond).
+  The ratio's denominator moves with the machine too: the `--metrics none` runs
+  took 13.3 s in this run, 16.3 s in the one before.
+- **The 1,000-result export and the 10,000-result import** sit at their
+  bounds: the same code measured 15.6-22.5 ms and 1.58-2.04 s across the runs
+  so far, 19.5 ms and 1.88 s in the one just before this (930ef22), so each is
+  met in some runs and missed in others, this one included. Both are CPU-bound
+  (an export of 1,000 results is about 16 ms of CPU, mostly parsing and writing
+  its JSON; an import is the run's own commit path, 160,000 rows for 10,000
+  results with their passes and metric rows).
+- **Resume planning** is what a resumed run does to find its pending samples:
+  its first claim, which looks after the samples it found settled (the plan's
+  first `processed`, but for a few) and reads a handful of rows; holes before
+  them (failures to retry, a dead worker's batch) are claimed once nothing is
+  pending after, by a claim that looks from the plan's start (about 0.2 s at
+  100,000, once, after the first generate). Runs before this one measured
+  `Store.pending`, a query for every pending id that no run made (removed).
+  The resume as a whole does more before its first generate: resume_cost times
+  each step of a resumed 100,000-sample run. Reading the dataset and checking
+  its images (4.7-5.6 s here) every run does; the resume's own steps (the plan
+  checked against the selection, the method's progress, the counts, the failed
+  samples) took 0.38-0.62 s in the runs so far, which is not under 100 ms.
 - **Process exit** is the time from a run's command returning to its process
   ending. Interpreter shutdown would run full garbage collections over every
   object alive (transformers' modules and the model); the CLI freezes the heap
