@@ -268,10 +268,9 @@ class _MethodLoop:
             settings=self.record,
             total=self.total,
         )
-        # the count within the plan's first `total` costs a join (90 ms at 100k); needed only
-        # when the plan is longer (an earlier invocation planned more samples)
-        plan_length = self.store.plan_length(self.run_id)
-        in_plan = self.total if plan_length > self.total else None
+        # counting within the plan's first `total` joins the plan (90 ms at 100k), needed only
+        # when an earlier invocation planned more; the tally below counts the same way
+        in_plan = self.total if self.store.plan_length(self.run_id) > self.total else None
         processed = self.store.count_results(self.run_id, name, limit=in_plan)
         generated_before, hits_before = self.generator.generated, self.generator.hits
         summary = MethodSummary(name, self.total, processed, 0, 0)
@@ -311,7 +310,7 @@ class _MethodLoop:
         waiting_shown = False
         queued: list[int] = []
         # a resumed run's settled samples are, but for a few, the plan's first `processed`:
-        # its first claim looks after them instead of probing every one (200-400 ms at 100k);
+        # its first claim looks after them instead of probing every one (120-410 ms at 100k);
         # those before that are pending (failures to retry, a dead worker's batch) are
         # claimed once nothing is pending after (claim_batch goes back to the start)
         cursor = ClaimCursor(position=processed - 1)
@@ -387,11 +386,7 @@ class _MethodLoop:
         finally:
             self.reporter.end_method()
         # other workers may have committed since this one's last sample
-        # the count within the plan's first `total` costs a join (90 ms at 100k); needed only
-        # when the plan is longer (an earlier invocation planned more samples)
-        plan_length = self.store.plan_length(self.run_id)
-        in_plan = self.total if plan_length > self.total else None
-        processed = self.store.count_results(self.run_id, name, limit=in_plan)
+        processed = self.store.count_results(self.run_id, name, limit=self.total)
         summary.processed = processed
         summary.generated = self.generator.generated - generated_before
         summary.cache_hits = self.generator.hits - hits_before
