@@ -31,16 +31,17 @@ from cobra_eval.metrics import parse_metric_list
 from cobra_eval.progress import SilentReporter
 from cobra_eval.store.repository import Store
 
-#: (where, attribute, what it is in a run): the steps timed, in the order a resume runs them.
-STEPS: list[tuple[Any, str, str]] = [
-    (runner, "load_dataset", "reading the dataset (every run)"),
-    (runner, "select_samples", "the selection's image checks (every run)"),
-    (Store, "ensure_plan", "the plan checked against the selection"),
-    (Store, "method_progress", "the method's progress"),
-    (Store, "plan_length", "the plan's length"),
-    (Store, "count_results", "the samples done"),
-    (method_scores.MethodScores, "load", "stored scores read back"),
-    (Store, "failed_ids", "the failed samples (retried)"),
+#: (where, attribute, what it is in a run, whether every run does it): the steps timed, in
+#: the order a resume runs them.
+STEPS: list[tuple[Any, str, str, bool]] = [
+    (runner, "load_dataset", "reading the dataset", True),
+    (runner, "select_samples", "the selection's image checks", True),
+    (Store, "ensure_plan", "the plan checked against the selection", False),
+    (Store, "method_progress", "the method's progress", False),
+    (Store, "plan_length", "the plan's length", False),
+    (Store, "count_results", "the samples done", False),
+    (method_scores.MethodScores, "load", "stored scores read back", False),
+    (Store, "failed_ids", "the failed samples (retried)", False),
 ]
 
 
@@ -57,11 +58,13 @@ class FirstCall(InstantBackend):
 
 
 class Timer:
-    """Wall seconds inside each wrapped callable, and each call's, in order (claims)."""
+    """Wall seconds of each call of each wrapped callable, in order."""
 
     def __init__(self) -> None:
-        self.seconds: collections.Counter[str] = collections.Counter()
         self.calls: dict[str, list[float]] = collections.defaultdict(list)
+
+    def total(self, name: str) -> float:
+        return sum(self.calls[name])
 
     def wrap(self, owner: Any, name: str) -> None:
         inner: Callable[..., Any] = getattr(owner, name)
@@ -71,9 +74,7 @@ class Timer:
             try:
                 return inner(*args, **kwargs)
             finally:
-                spent = time.perf_counter() - started
-                self.seconds[name] += spent
-                self.calls[name].append(spent)
+                self.calls[name].append(time.perf_counter() - started)
 
         setattr(owner, name, timed)
 
@@ -96,7 +97,7 @@ def main() -> None:
         runner.run_evaluation(settings(args.done), backend=InstantBackend(),
                               reporter=SilentReporter())  # fmt: skip
         timer = Timer()
-        for owner, name, _ in STEPS:
+        for owner, name, _, _ in STEPS:
             timer.wrap(owner, name)
         timer.wrap(runner, "claim_batch")
         backend = FirstCall()
@@ -106,12 +107,12 @@ def main() -> None:
     assert backend.first is not None
     first = (backend.first - started) * 1000
     claims = timer.calls["claim_batch"]
-    every_run = sum(timer.seconds[name] for _, name, what in STEPS if "every run" in what)
+    every_run = sum(timer.total(name) for _, name, _, every in STEPS if every)
     print(f"{args.samples} planned / {args.done} done (metrics {args.metrics}), resumed: "
           f"first generate after {first:.0f} ms; without reading the dataset and checking "
           f"its images (a fresh run does both): {first - every_run * 1000:.0f} ms")  # fmt: skip
-    for _, name, what in STEPS:
-        print(f"  {what}: {timer.seconds[name] * 1000:.1f} ms")
+    for _, name, what, every in STEPS:
+        print(f"  {what}{' (every run)' if every else ''}: {timer.total(name) * 1000:.1f} ms")
     print(f"  the first claim (its pending ids): {claims[0] * 1000:.1f} ms")
     print(f"after the first generate, the longest claim (looking from the plan's start): "
           f"{max(claims) * 1000:.1f} ms; {len(claims)} claims in all")  # fmt: skip

@@ -153,7 +153,7 @@ class MeteorProcess:
 
     def _rehearse(self, pairs: Pairs, uses: int) -> int:
         try:
-            lines = self._normalized([_score_line(hyp, references) for hyp, references in pairs])
+            lines = self._score_lines(pairs)
         except MeteorError:
             return 0  # a text it cannot send: a real request says so, if one comes
         done = 0
@@ -172,7 +172,7 @@ class MeteorProcess:
     def stats_many(self, pairs: Pairs) -> list[str]:
         """The statistics lines of many (hypothesis, references), pipelined in chunks."""
         self._uses += 1
-        lines = self._normalized([_score_line(hyp, references) for hyp, references in pairs])
+        lines = self._score_lines(pairs)
         out: list[str] = []
         with self._lock:
             # chunks keep the replies in flight well below a pipe's buffer (no deadlock)
@@ -211,7 +211,9 @@ class MeteorProcess:
         line = pooled_line(packed) if len(packed) == len(stats) else None
         return self.evaluate([line] if line is not None else stats)[0]
 
-    def _normalized(self, lines: list[str]) -> list[str]:
+    def _score_lines(self, pairs: Pairs) -> list[str]:
+        """The pairs' SCORE lines, normalized as METEOR's -norm would (MeteorError if not)."""
+        lines = [_score_line(hyp, references) for hyp, references in pairs]
         try:
             return normalized_lines(lines, self._normalizer)
         except (NormalizerError, ValueError) as exc:
@@ -309,7 +311,7 @@ def _one_whole_chunk(table: np.ndarray) -> np.ndarray:
 
 def _score_line(hypothesis: str, references: Sequence[str]) -> str:
     # exactly Meteor._stat: the hypothesis loses '|||' and double spaces, references are
-    # joined (then normalized as -norm would: MeteorProcess._normalized)
+    # joined (then normalized as -norm would: MeteorProcess._score_lines)
     hypothesis = hypothesis.replace("|||", "").replace("  ", " ")
     return " ||| ".join(("SCORE", " ||| ".join(references), hypothesis))
 
