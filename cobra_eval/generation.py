@@ -5,6 +5,11 @@ text. The cache key hashes the model identity, the full prompt, the image's byte
 generation parameters, so a different model, prompt or parameter never hits.
 With ``--method all`` this lets scratchpad_compare's first two passes reuse the
 baseline and scratchpad generations of the same images.
+
+The runner claims samples a block of batches ahead; ``prefetch`` hashes their
+images and looks their first pass up in the cache in a background thread, so the
+model's thread neither hashes nor queries for them (a query there also waits for
+the GIL, held meanwhile by the thread that commits and exports).
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ class Generated:
     cached: bool
 
 
+#: Image digests and lookups made ahead kept at most (a run streams: memory stays flat).
+LOOKED_UP_LIMIT = 4096
+
+
 class CachedGenerator:
     """Generate through a backend, looking each request up in the store's cache first."""
 
@@ -44,6 +53,8 @@ class CachedGenerator:
         self._model_hash = hashlib.sha256(f"{self.model_key}\0".encode())
         #: image digests by path, hashed by the batch that needs them or ahead of it (prefetch)
         self._image_hashes: dict[Path, str] = {}
+        #: cache lookups made ahead (prefetch): key -> output, or None where none was cached
+        self._looked_up: dict[str, str | None] = {}
         self._lock = threading.Lock()
         self._hasher: ThreadPoolExecutor | None = None
         self._params: tuple[GenerationParams, str] | None = None
@@ -76,23 +87,41 @@ class CachedGenerator:
         # kept until written: a lookup meanwhile finds them, a failed write leaves them
         self.store.cache_outputs(unsaved)
         with self._lock:
-            for key in unsaved:
+            for key, output in unsaved.items():
                 self._unsaved.pop(key, None)
+                if key in self._looked_up:
+                    # looked up ahead before it was generated: a later batch finds it now
+                    self._looked_up[key] = output
 
-    def prefetch(self, images: Sequence[Path]) -> None:
-        """Hash these images in a background thread, so the batches that need them do not."""
-        if self.enabled and images:
+    def prefetch(self, requests: Sequence[GenerationRequest], params: GenerationParams) -> None:
+        """Hash these requests' images and look them up in the cache, in a background thread.
+
+        The batches that need them then neither hash nor query on the model's thread,
+        where the model waits for each (and, on SQLite, for the GIL after each query).
+        """
+        if self.enabled and requests:
             if self._hasher is None:
                 self._hasher = ThreadPoolExecutor(1, "hash-images")
-            self._hasher.submit(self._warm, list(images))
+            self._hasher.submit(self._warm, list(requests), params)
 
-    def _warm(self, images: Iterable[Path]) -> None:
-        for path in images:
-            if path not in self._image_hashes:
-                self._hash_image(path)
+    def _warm(self, requests: Iterable[GenerationRequest], params: GenerationParams) -> None:
+        keys = {key for key in (self.key(r, params) for r in requests) if key is not None}
+        with self._lock:
+            keys -= self._unsaved.keys()
+        if not keys:
+            return
+        try:
+            found = self.store.cached_outputs(list(keys))
+        except Exception:
+            return  # an optimization only: the batch looks up what was not looked up ahead
+        with self._lock:
+            for key in keys:
+                self._looked_up[key] = found.get(key)
+            while len(self._looked_up) > LOOKED_UP_LIMIT:  # a run streams: keep memory flat
+                self._looked_up.pop(next(iter(self._looked_up)))
 
     def close(self) -> None:
-        """Stop hashing ahead (images not hashed yet are hashed when a batch needs them)."""
+        """Stop working ahead (what was not hashed or looked up is, when a batch needs it)."""
         if self._hasher is not None:
             self._hasher.shutdown(wait=True, cancel_futures=True)
             self._hasher = None
@@ -104,7 +133,7 @@ class CachedGenerator:
             return None
         with self._lock:
             self._image_hashes[path] = digest
-            if len(self._image_hashes) > 4096:  # a run streams images: keep memory flat
+            if len(self._image_hashes) > LOOKED_UP_LIMIT:  # a run streams: keep memory flat
                 self._image_hashes.pop(next(iter(self._image_hashes)))
         return digest
 
@@ -121,10 +150,15 @@ class CachedGenerator:
         """Outputs for every request, from the cache where possible, the rest in one batch."""
         keys = [self.key(r, params) if self.enabled else None for r in requests]
         # outputs not written yet first: one whose write commits meanwhile is then in the
-        # database (save forgets them only after), and the query asks for the others only
+        # database (save forgets them only after), then those looked up ahead, and the
+        # query asks for the others only
         with self._lock:
             known = {k: self._unsaved[k] for k in keys if k in self._unsaved}
-        rest = [k for k in keys if k and k not in known]
+            ahead = {
+                k: self._looked_up.pop(k) for k in set(keys) - known.keys() if k in self._looked_up
+            }
+        known.update({k: output for k, output in ahead.items() if output is not None})
+        rest = [k for k in keys if k and k not in known and k not in ahead]
         if rest:
             known.update(self.store.cached_outputs(rest))
         out: list[Generated | None] = [

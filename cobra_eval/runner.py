@@ -214,7 +214,9 @@ def _run_in_store(
     by_id = {s.image_id: s for s in selected}
     scorer = open_scorer(store, run.id, by_id, settings.metrics, prepared)
     total = len(selected)
-    if all(store.count_results(run.id, m.name, limit=total) >= total for m in methods):
+    # within the plan's first `total` only when an earlier invocation planned more (a join)
+    in_plan = total if store.plan_length(run.id) > total else None
+    if all(store.count_results(run.id, m.name, limit=in_plan) >= total for m in methods):
         # nothing to score as samples land: the JVM started early is not needed (a
         # final corpus score that needs METEOR starts it again)
         scorer.close()
@@ -307,6 +309,7 @@ class _MethodLoop:
         self.tally = ResultTally(self.store, self.run_id, name, limit=in_plan)
         self.failed_before = self.store.failed_ids(self.run_id, name)
         lease_s = self.settings.lease_seconds
+        params = self.settings.generation
         waiting_shown = False
         queued: list[int] = []
         # a resumed run's settled samples are, but for a few, the plan's first `processed`:
@@ -324,18 +327,23 @@ class _MethodLoop:
             with Heartbeat(self.store, self.run_id, name, self.worker, lease_s) as heartbeat, \
                     finisher, _announced_stop(finisher, self.reporter):  # fmt: skip
                 batch_size = self.settings.batch_size
+                # the queue's last batch is left: nothing more to claim for now
+                tail = False
                 while True:
-                    if not queued:
-                        queued = claim_batch(
+                    # the next block is claimed with the last batch of this one left, so its
+                    # images are hashed and looked up in the cache while that batch generates
+                    if not queued or (len(queued) <= batch_size and not tail):
+                        more = claim_batch(
                             self.store, self.run_id, name, self.worker,
                             limit=batch_size * CLAIM_AHEAD, total=self.total, lease_s=lease_s,
-                            retry_failed_before=started, in_hand=finisher.holding(),
+                            retry_failed_before=started, in_hand=finisher.holding() + queued,
                             cursor=cursor,
                         )  # fmt: skip
-                        # the images of the block's later batches are hashed (for their
-                        # cache keys) in the background while the first one generates
-                        self.generator.prefetch([self.samples[i].image_path
-                                                 for i in queued[batch_size:]])  # fmt: skip
+                        # (a first block's first batch generates at once: looked up inline)
+                        ahead = more if queued else more[batch_size:]
+                        self.generator.prefetch(self._first_requests(ahead), params)
+                        tail = bool(queued) and not more
+                        queued += more
                     if not queued:
                         finisher.wait()
                         heartbeat.hold([])
@@ -527,6 +535,15 @@ class _MethodLoop:
             return export()
         finally:
             release_export_lease(self.store, self.run_id, name, self.worker)
+
+    def _first_requests(self, ids: Sequence[int]) -> list[GenerationRequest]:
+        """The requests of the method's first pass for these samples (no pass is done yet)."""
+        if not ids:
+            return []
+        prompt = self.method.build_prompt(self.method.pass_names[0], [])
+        return [
+            GenerationRequest(image_path=self.samples[i].image_path, prompt=prompt) for i in ids
+        ]
 
     def _generate(self, batch: Sequence[Sample]) -> _Generated:
         """Run every pass of the method over a batch (the model's part of a batch)."""

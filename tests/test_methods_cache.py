@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from cobra_eval.backends import BackendOptions, GenerationRequest
+from cobra_eval.config import GenerationParams
+from cobra_eval.generation import CachedGenerator
+from cobra_eval.runner import CLAIM_AHEAD
+from cobra_eval.store import Store
 from cobra_eval.store.checkpoint_io import ResultRecord
 from tests.conftest import World, run_cli_process
+from tests.stand_in import DELAY_ENV, EchoBackend
 from tests.test_snapshot_export import new_run, open_store
 
 pytestmark = pytest.mark.databases
@@ -160,3 +169,55 @@ def test_the_summary_counts_parse_fallbacks_and_empty_captions(world: World, cli
             assert store.commit_result("r", "scratchpad", result, worker="w:1", latency_s=None)
         # a failed sample's status is not a parse outcome
         assert store.parse_counts("r", "scratchpad") == (2, 1)
+
+
+def test_requests_looked_up_ahead_need_no_query_on_the_models_thread(world: World) -> None:
+    """prefetch hashes and looks up in the background: hits come back cached, misses go to
+    the model, and the batch itself asks the database nothing."""
+    images = sorted(world.dataset.parent.glob("*.png"))[:4]
+    requests = [GenerationRequest(image_path=image, prompt="Describe it.") for image in images]
+    params = GenerationParams()
+    echo = EchoBackend(BackendOptions(model="echo-v1"))
+    with open_store(world) as store:
+        generator = CachedGenerator(echo, store, echo.identity(), enabled=True)
+        generator.generate(requests[:2], params)
+        generator.save()
+        asked: list[tuple[str, int]] = []
+        looked_up = store.cached_outputs
+
+        def cached_outputs(keys: Sequence[str]) -> dict[str, str]:
+            asked.append((threading.current_thread().name, len(keys)))
+            return looked_up(keys)
+
+        store.cached_outputs = cached_outputs  # type: ignore[method-assign]
+        generator.prefetch(requests, params)
+        deadline = time.monotonic() + 30
+        while not asked and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [(name.startswith("hash-images"), n) for name, n in asked] == [(True, 4)]
+        out = generator.generate(requests, params)
+        generator.close()
+    assert asked[1:] == []
+    assert [o.cached for o in out] == [True, True, False, False]
+    assert [o.output for o in out] == echo.generate(requests, params)
+
+
+def test_a_run_looks_up_only_its_first_batch_on_the_models_thread(
+    world: World, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every later batch, the first of each claimed block too, was looked up ahead."""
+    threads: list[str] = []
+    looked_up = Store.cached_outputs
+
+    def cached_outputs(self: Store, keys: Sequence[str]) -> dict[str, str]:
+        threads.append(threading.current_thread().name)
+        return looked_up(self, keys)
+
+    monkeypatch.setattr(Store, "cached_outputs", cached_outputs)
+    # 12 samples in batches of 2: blocks of CLAIM_AHEAD batches, the second claimed ahead
+    args = world.run_args("--num_samples", "12", "--batch_size", "2")
+    result = cli(*args, env={DELAY_ENV: "0.1"})
+    assert result.exit_code == 0, result.output
+    assert generation_counts(result.output)["baseline"] == (12, 12, 0)
+    assert CLAIM_AHEAD * 2 < 12
+    assert threads.count("MainThread") == 1, threads

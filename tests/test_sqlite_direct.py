@@ -112,6 +112,24 @@ def test_parameters_and_rows_convert_as_with_sqlalchemy(store: Store, tmp_path: 
         assert sqlite_direct.rows(conn, some) == [("é",), ("é",)]
 
 
+def test_a_value_shared_by_some_rows_and_not_others_is_stored_for_each_as_its_own(
+    store: Store, tmp_path: Path
+) -> None:
+    """Rows that share a timestamp object, then one that does not, then the shared one again."""
+    now = utcnow()
+    rows = [("a", "x", now), ("b", "y", now), ("c", "z", now - timedelta(days=1)), ("d", "w", now)]
+    cache = sqlite_direct.InsertMany(insert(CACHE), ("key", "output", "created_at"))
+    with store.engine.begin() as conn:
+        cache(conn, rows)
+        conn.execute(
+            insert(CACHE),
+            [{"key": k.upper(), "output": o, "created_at": t} for k, o, t in rows],
+        )
+    stored = dict(raw(tmp_path / "direct.db", "SELECT key, created_at FROM generation_cache"))
+    assert [stored[k] for k, _, _ in rows] == [stored[k.upper()] for k, _, _ in rows]
+    assert len({stored["a"], stored["b"], stored["c"], stored["d"]}) == 2
+
+
 def test_one_statement_reused_with_other_lists_and_parameters_reads_as_sqlalchemy(
     store: Store,
 ) -> None:

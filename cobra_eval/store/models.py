@@ -107,7 +107,11 @@ class SampleResult(SQLModel, table=True):
     """One processed sample of one method: committed the moment it exists."""
 
     __tablename__ = "sample_result"
-    __table_args__ = (UniqueConstraint("run_id", "method", "image_id", name="uq_sample_result"),)
+    __table_args__ = (
+        UniqueConstraint("run_id", "method", "image_id", name="uq_sample_result"),
+        # progress (results and failures per method) and the failures to retry, from the index
+        Index("ix_sample_result_status", "run_id", "method", "status"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: str = Field(foreign_key="run.id", max_length=200)
