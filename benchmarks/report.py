@@ -57,10 +57,11 @@ NOTES = """\
   above the shell runs): the model leaves little of either core idle, so the
   tool's CPU comes out of generation wherever it runs. The same runs split the
   overhead in two, each part measured inside the runs themselves: the loop's
-  time outside generate calls (the model's thread claiming, looking the cache
-  up, writing each batch's outputs to it, handing the batch over: steady from
-  repeat to repeat, as it needs no
-  comparison with other loops), and generate itself running slower inside a run
+  time outside generate calls (the model's thread claiming, writing each
+  batch's outputs to the cache, handing the batch over: steady from repeat to
+  repeat, as it needs no comparison with other loops; 2.7-3.0% since claims go
+  a block ahead and the next block's images are hashed and looked up in the
+  cache in the background, 4.6-5.4% before), and generate itself running slower inside a run
   than in the bare loops (the finisher's commits and exports and the hashing
   thread take CPU and the GIL from the model; this part carries the machine's
   drift). A model that takes longer per caption dilutes these per-batch costs:
@@ -107,9 +108,10 @@ NOTES = """\
   The ratio's denominator moves with the machine too: the `--metrics none` runs
   took 13.3 s in this run, 16.3 s in the one before.
 - **The 1,000-result export and the 10,000-result import** sit at their
-  bounds: the same code measured 15.6-22.5 ms and 1.58-2.04 s across the runs
-  so far, 19.5 ms and 1.88 s in the one just before this (930ef22), so each is
-  met in some runs and missed in others, this one included. Both are CPU-bound
+  bounds: the same code measured 15.6-27.0 ms and 1.58-2.04 s across the runs
+  so far (the 10,000-result export 136-233 ms), so each is met in some runs and
+  missed in others; this run was in a slow phase of the machine, and missed
+  both exports on code unchanged since the one before. Both are CPU-bound
   (an export of 1,000 results is about 16 ms of CPU, mostly parsing and writing
   its JSON; an import is the run's own commit path, 160,000 rows for 10,000
   results with their passes and metric rows).
@@ -124,7 +126,11 @@ NOTES = """\
   each step of a resumed 100,000-sample run. Reading the dataset and checking
   its images (4.7-5.6 s here) every run does; the resume's own steps (the plan
   checked against the selection, the method's progress, the counts, the failed
-  samples) took 0.38-0.62 s in the runs so far, which is not under 100 ms.
+  samples) took 0.38-0.62 s in the runs before an index on the results' status
+  (run, method, status), which the method's progress and its failed samples now
+  read (about 25 and 2 ms at 100,000, from 129 and 45-64), and 0.30-0.43 s
+  since: still not under 100 ms. Most of it is the plan checked against the
+  selection (reading 100,000 plan rows, 120-210 ms).
 - **Process exit** is the time from a run's command returning to its process
   ending. Interpreter shutdown would run full garbage collections over every
   object alive (transformers' modules and the model); the CLI freezes the heap
