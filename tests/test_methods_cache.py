@@ -194,9 +194,10 @@ def test_requests_looked_up_ahead_need_no_query_on_the_models_thread(world: Worl
         deadline = time.monotonic() + 30
         while not asked and time.monotonic() < deadline:
             time.sleep(0.01)
+        # the lookup is under way: close waits for it to finish (and hashes nothing more)
+        generator.close()
         assert [(name.startswith("hash-images"), n) for name, n in asked] == [(True, 4)]
         out = generator.generate(requests, params)
-        generator.close()
     assert asked[1:] == []
     assert [o.cached for o in out] == [True, True, False, False]
     assert [o.output for o in out] == echo.generate(requests, params)
@@ -216,7 +217,8 @@ def test_a_run_looks_up_only_its_first_batch_on_the_models_thread(
     monkeypatch.setattr(Store, "cached_outputs", cached_outputs)
     # 12 samples in batches of 2: blocks of CLAIM_AHEAD batches, the second claimed ahead
     args = world.run_args("--num_samples", "12", "--batch_size", "2")
-    result = cli(*args, env={DELAY_ENV: "0.1"})
+    # each batch takes 0.25 s: the next block's lookup, made meanwhile, takes milliseconds
+    result = cli(*args, env={DELAY_ENV: "0.25"})
     assert result.exit_code == 0, result.output
     assert generation_counts(result.output)["baseline"] == (12, 12, 0)
     assert CLAIM_AHEAD * 2 < 12
