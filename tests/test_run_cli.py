@@ -388,10 +388,14 @@ def test_ctrl_c_while_meteor_loads_says_it_commits_what_was_generated_first(
     waiting = int(found[1])
     assert waiting >= 6
     assert "Interrupted:" in err and "Traceback" not in err
-    # every sample announced was scored and committed before the process ended
-    assert world.rows("SELECT COUNT(*) FROM sample_result") == [(waiting,)]
+    # every sample announced was scored and committed before the process ended; on a busy
+    # machine METEOR may have been ready for a batch or two before the Ctrl-C (their lines
+    # came first), and the echo model may have generated all 30 by then
+    ((committed,),) = world.rows("SELECT COUNT(*) FROM sample_result")
+    printed_before = len(re.findall(r"Processed \d+/30 samples", out[: found.start()]))
+    assert waiting <= committed <= waiting + printed_before, (committed, printed_before)
     scored = "SELECT COUNT(DISTINCT result_id) FROM metric_value WHERE name = 'METEOR'"
-    assert world.rows(scored) == [(waiting,)]
+    assert world.rows(scored) == [(committed,)]
 
 
 @pytest.mark.sqlite_only
