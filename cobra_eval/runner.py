@@ -214,7 +214,8 @@ def _run_in_store(
     by_id = {s.image_id: s for s in selected}
     scorer = open_scorer(store, run.id, by_id, settings.metrics, prepared)
     total = len(selected)
-    # within the plan's first `total` only when an earlier invocation planned more (a join)
+    # counting within the plan's first `total` joins the plan (90 ms at 100k), needed only
+    # when an earlier invocation planned more; every count and tally of the run does the same
     in_plan = total if store.plan_length(run.id) > total else None
     if all(store.count_results(run.id, m.name, limit=in_plan) >= total for m in methods):
         # nothing to score as samples land: the JVM started early is not needed (a
@@ -224,8 +225,9 @@ def _run_in_store(
     try:
         for method in methods:
             loop = _MethodLoop(
-                store, run.id, method, by_id, settings, generator, scorer, reporter, record
-            )
+                store, run.id, method, by_id, settings, generator, scorer, reporter, record,
+                in_plan=in_plan,
+            )  # fmt: skip
             summaries.append(loop.run(method_cfgs[method.name], resumed))
     finally:
         generator.close()
@@ -247,8 +249,12 @@ class _MethodLoop:
         scorer: SampleScorer,
         reporter: Reporter,
         record: dict[str, Any],
+        *,
+        in_plan: int | None,
     ):
         self.store, self.run_id, self.method = store, run_id, method
+        #: count results within the plan's first `total` (None: all of them are)
+        self.in_plan = in_plan
         self.samples = samples
         self.total = len(samples)
         self.settings, self.generator, self.reporter = settings, generator, reporter
@@ -270,9 +276,7 @@ class _MethodLoop:
             settings=self.record,
             total=self.total,
         )
-        # counting within the plan's first `total` joins the plan (90 ms at 100k), needed only
-        # when an earlier invocation planned more; the tally below counts the same way
-        in_plan = self.total if self.store.plan_length(self.run_id) > self.total else None
+        in_plan = self.in_plan
         processed = self.store.count_results(self.run_id, name, limit=in_plan)
         generated_before, hits_before = self.generator.generated, self.generator.hits
         summary = MethodSummary(name, self.total, processed, 0, 0)
