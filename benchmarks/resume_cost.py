@@ -38,7 +38,7 @@ STEPS: list[tuple[Any, str, str, bool]] = [
     (runner, "select_samples", "the selection's image checks", True),
     (Store, "ensure_plan", "the plan checked against the selection", False),
     (Store, "method_progress", "the method's progress", False),
-    (Store, "plan_length", "the plan's length", False),
+    (Store, "planned_beyond", "whether the plan holds more than the selection", False),
     (Store, "count_results", "the samples done", False),
     (method_scores.MethodScores, "load", "stored scores read back", False),
     (Store, "failed_ids", "the failed samples (retried)", False),

@@ -215,8 +215,8 @@ def _run_in_store(
     scorer = open_scorer(store, run.id, by_id, settings.metrics, prepared)
     total = len(selected)
     # counting within the plan's first `total` joins the plan (90 ms at 100k), needed only
-    # when an earlier invocation planned more; every count and tally of the run does the same
-    in_plan = total if store.plan_length(run.id) > total else None
+    # when it holds more; every count and tally of the run does the same
+    in_plan = total if store.planned_beyond(run.id, total) else None
     if all(store.count_results(run.id, m.name, limit=in_plan) >= total for m in methods):
         # nothing to score as samples land: the JVM started early is not needed (a
         # final corpus score that needs METEOR starts it again)

@@ -111,6 +111,21 @@ def test_resume_rebuilds_a_lost_database_from_the_newest_checkpoint(world: World
     assert captions(world) == reference
 
 
+def test_a_resume_of_fewer_samples_than_planned_counts_only_those_it_asks_for(
+    world: World, cli
+) -> None:
+    cli(*world.run_args("--num_samples", "6"))
+    fewer = cli(*world.run_args("--num_samples", "4", "--resume_from_checkpoint"))
+    assert fewer.exit_code == 0, fewer.output
+    assert "Loaded checkpoint: 4 samples processed, 0 remaining" in fewer.output
+    assert processed_numbers(fewer.output) == []
+    more = cli(*world.run_args("--num_samples", "8", "--resume_from_checkpoint"))
+    assert more.exit_code == 0, more.output
+    assert "Loaded checkpoint: 6 samples processed, 2 remaining" in more.output
+    assert processed_numbers(more.output) == [7, 8]
+    assert world.rows("SELECT COUNT(*) FROM sample_result") == [(8,)]
+
+
 def test_resume_with_nothing_to_resume_starts_a_new_run(world: World, cli) -> None:
     result = cli(*world.run_args("--num_samples", "3", "--resume_from_checkpoint"))
     assert result.exit_code == 0, result.output

@@ -5,14 +5,16 @@ from __future__ import annotations
 import random
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 from sqlmodel import SQLModel
 
 from cobra_eval.errors import StoreError
-from cobra_eval.store import Store
+from cobra_eval.store import Store, sqlite_direct
 from cobra_eval.store.engine import head_revision, open_engine, resolve_url
 from cobra_eval.store.repository import PLAN_CHUNK
 
@@ -214,3 +216,62 @@ def test_a_plan_extended_narrowed_or_reordered_keeps_every_id_once_in_its_place(
         assert plan() == [(0, 7), (1, 3), (2, 9), (3, 4), (4, 1), (5, 8)]
         store.ensure_plan("r", [3, 7, 2])  # another order: its ids first, the rest after
         assert plan() == [(0, 3), (1, 7), (2, 2), (3, 9), (4, 4), (5, 1), (6, 8)]
+
+
+def test_a_selection_planned_again_after_other_orders_gets_its_own_order_back(
+    tmp_path: Path,
+) -> None:
+    # a resume of the selection last planned skips reading the plan: every other order,
+    # and ids added after it by an import, must make the next resume read it again
+    db = tmp_path / "cobra_eval.db"
+    with Store.open(resolve_url(str(db))) as store:
+        store.create_run("r", {"model": {"name": "m"}}, "f")
+
+        def planned() -> list[int]:
+            with store.engine.connect() as conn:
+                rows = conn.execute(text("SELECT image_id FROM planned_sample ORDER BY position"))
+                return [image_id for (image_id,) in rows]
+
+        for ids in ([7, 3, 9], [3, 7, 9], [7, 3, 9], [7, 3], [3, 7], [7, 3, 9]):
+            store.ensure_plan("r", ids)
+            assert planned() == ids + [i for i in (7, 3, 9) if i not in ids]
+        with store.engine.begin() as conn:
+            store.append_to_plan(conn, "r", [4])  # an imported result's sample
+        store.ensure_plan("r", [7, 3, 9])
+        assert planned() == [7, 3, 9, 4]
+        store.ensure_plan("r", [9, 3, 7])
+        assert planned() == [9, 3, 7, 4]
+        # more samples after an import's: the imported one keeps a place after them
+        store.ensure_plan("r", [9, 3])
+        with store.engine.begin() as conn:
+            store.append_to_plan(conn, "r", [5])
+        store.ensure_plan("r", [9, 3, 7, 4, 6])
+        assert planned() == [9, 3, 7, 4, 6, 5]
+
+
+def test_a_resume_of_the_selection_last_planned_reads_no_planned_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = random.Random(5).sample(range(10**6), 500)
+    statements: list[str] = []
+    read = sqlite_direct.rows
+
+    def rows(conn: Any, statement: Any, params: Any = None) -> list[tuple[Any, ...]]:
+        statements.append(str(statement))
+        return read(conn, statement, params)
+
+    monkeypatch.setattr(sqlite_direct, "rows", rows)
+    with Store.open(resolve_url(str(tmp_path / "cobra_eval.db"))) as store:
+        store.create_run("r", {"model": {"name": "m"}}, "f")
+        store.ensure_plan("r", ids)
+        statements.clear()
+        store.ensure_plan("r", ids)
+        store.ensure_plan("r", [*ids, 10**7, 10**7 + 1])  # resumed with more samples
+        unchanged = list(statements)
+        store.ensure_plan("r", ids[::-1])
+        with store.engine.connect() as conn:
+            rows = conn.execute(text("SELECT image_id FROM planned_sample ORDER BY position"))
+            assert [i for (i,) in rows] == [*ids[::-1], 10**7, 10**7 + 1]
+    # the same selection or more of it: nothing read; another order: read to be reordered
+    assert not [s for s in unchanged if "planned_sample.image_id" in s], unchanged
+    assert [s for s in statements if "planned_sample.image_id" in s], statements

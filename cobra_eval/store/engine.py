@@ -8,6 +8,7 @@ so every transaction takes the write lock up front and waits its turn.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -90,7 +91,9 @@ def alembic_config(url: str) -> Any:
     return cfg
 
 
+@functools.cache
 def _script() -> Any:
+    # read once a process: loading the migration files took ~10 ms, twice a database opened
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config("sqlite://"))

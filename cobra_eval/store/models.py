@@ -53,6 +53,12 @@ class Run(SQLModel, table=True):
     status: str = Field(
         default="running", max_length=20, description="running | finished | interrupted."
     )
+    plan_digest: str | None = Field(
+        default=None,
+        max_length=80,
+        description="count:SHA-256 of the latest selection's ids in order, which the plan's "
+        "first positions hold (null: not known): a resume checks this, not every planned row.",
+    )
 
 
 class RunMethod(SQLModel, table=True):

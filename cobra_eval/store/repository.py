@@ -6,13 +6,26 @@ and the ORM's unit-of-work would cost more than the writes themselves.
 
 from __future__ import annotations
 
+import array
+import hashlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, case, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -78,6 +91,13 @@ _PLANNED_PLACES = (
     .where(PLAN.c.run_id == bindparam("run_id"))
     .order_by(PLAN.c.position)
 )
+#: the run's plan digest and the plan's last position (-1 when empty)
+_PLAN_STATE = select(
+    select(RUN.c.plan_digest).where(RUN.c.id == bindparam("run_id")).scalar_subquery(),
+    select(func.coalesce(func.max(PLAN.c.position), -1))
+    .where(PLAN.c.run_id == bindparam("run_id"))
+    .scalar_subquery(),
+)
 _LAST_CHECKPOINT = select(func.coalesce(func.max(CHECKPOINT.c.count), 0)).where(
     CHECKPOINT.c.run_id == bindparam("run_id"),
     CHECKPOINT.c.method == bindparam("method"),
@@ -126,7 +146,8 @@ class RunInfo:
 
 
 def _run_info(row: Any) -> RunInfo:
-    return RunInfo(**dict(row))
+    # the plan's digest is the store's own bookkeeping, not part of what a run is
+    return RunInfo(**{field.name: row[field.name] for field in fields(RunInfo)})
 
 
 @dataclass(frozen=True)
@@ -143,6 +164,12 @@ class MethodProgress:
     failed: int
     status: str
     updated_at: datetime
+
+
+def plan_digest(ordered_ids: Sequence[int]) -> str:
+    """The ids' count and the SHA-256 of them in order: equal digests, equal lists."""
+    packed = array.array("q", ordered_ids).tobytes()
+    return f"{len(ordered_ids)}:{hashlib.sha256(packed).hexdigest()}"
 
 
 def _insert_planned(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
@@ -370,32 +397,46 @@ class Store:
         _retry_on_conflict(lambda: self._ensure_plan(run_id, ordered_ids))
 
     def _ensure_plan(self, run_id: str, ordered_ids: Sequence[int]) -> None:
+        digest = plan_digest(ordered_ids)
         with self.engine.begin() as conn:
-            # plain tuples, in plan order: a resumed 100k run's plan read as Row objects
-            # into a dict, then moved, took 0.2 s where it is usually unchanged
-            placed = sqlite_direct.rows(conn, _PLANNED_PLACES, {"run_id": run_id})
-            known = [image_id for image_id, _ in placed]
-            common = min(len(known), len(ordered_ids))
-            if known[:common] == list(ordered_ids[:common]) and [
-                position for _, position in placed
-            ] == list(range(len(placed))):
-                # plan and selection begin alike, the plan at positions 0..n-1: the selection's
-                # rest goes after it (what is planned beyond the selection stays after it)
-                _insert_planned(conn, ({"run_id": run_id, "position": pos, "image_id": image_id}
-                                       for pos, image_id in enumerate(ordered_ids)
-                                       if pos >= len(known)))  # fmt: skip
+            stored, last = conn.execute(_PLAN_STATE, {"run_id": run_id}).one()
+            # the digest of the plan's first positions is written here each time they change,
+            # and every other writer of the plan appends after its last position: a resume of
+            # the same selection, or of more samples, reads two values, not 100,000 rows
+            if stored == digest:
                 return
-            existing = dict(placed)
-            if existing:
-                self._move_planned(conn, run_id, ordered_ids, existing)
-            _insert_planned(
-                conn,
-                (
-                    {"run_id": run_id, "position": pos, "image_id": image_id}
-                    for pos, image_id in enumerate(ordered_ids)
-                    if image_id not in existing
-                ),
-            )
+            known = int(stored.partition(":")[0]) if stored else -1
+            if (
+                last == known - 1 < len(ordered_ids) - 1
+                and plan_digest(ordered_ids[:known]) == stored
+            ):
+                # the plan is the selection's first `known`, nothing after them
+                planned = set(ordered_ids[:known])
+            else:
+                planned = self._reconcile_plan(conn, run_id, ordered_ids)
+            # the selection's ids not planned yet: their places were left free for them
+            _insert_planned(conn, ({"run_id": run_id, "position": pos, "image_id": image_id}
+                                   for pos, image_id in enumerate(ordered_ids)
+                                   if image_id not in planned))  # fmt: skip
+            conn.execute(update(RUN).where(RUN.c.id == run_id).values(plan_digest=digest))
+
+    def _reconcile_plan(
+        self, conn: Connection, run_id: str, ordered_ids: Sequence[int]
+    ) -> set[int]:
+        """Read the plan, give the ids it shares with ordered_ids their places in it (the
+        others keep places after it); the ids it holds."""
+        # plain tuples, in plan order: a resumed 100k run's plan read as Row objects
+        # into a dict, then moved, took 0.2 s where it is usually unchanged
+        placed = sqlite_direct.rows(conn, _PLANNED_PLACES, {"run_id": run_id})
+        known = [image_id for image_id, _ in placed]
+        common = min(len(known), len(ordered_ids))
+        if known[:common] != list(ordered_ids[:common]) or [
+            position for _, position in placed
+        ] != list(range(len(placed))):
+            # unless plan and selection begin alike with the plan at positions 0..n-1 (the
+            # selection's rest then goes after it, what is planned beyond it stays after it)
+            self._move_planned(conn, run_id, ordered_ids, dict(placed))
+        return set(known)
 
     @staticmethod
     def _move_planned(
@@ -447,11 +488,13 @@ class Store:
         with self.reader.connect() as conn:
             return conn.execute(query, keys).scalar_one()
 
-    def plan_length(self, run_id: str) -> int:
-        """How many samples the run's plan holds (every invocation's selection)."""
-        query = select(func.count()).where(PLAN.c.run_id == run_id)
+    def planned_beyond(self, run_id: str, count: int) -> bool:
+        """Whether the run's plan holds samples after its first `count` (an earlier
+        invocation's selection was longer, or an import or merge added some)."""
+        # one step of the (run, position) index; counting the plan read 100,000 entries
+        query = select(exists().where(PLAN.c.run_id == run_id, PLAN.c.position >= count))
         with self.reader.connect() as conn:
-            return int(conn.execute(query).scalar_one())
+            return bool(conn.execute(query).scalar_one())
 
     def parse_counts(self, run_id: str, method: str) -> tuple[int, int]:
         """Successful results whose caption needed a parse fallback, and those left empty."""
