@@ -42,7 +42,7 @@ NOTES = """\
   loop on the same loaded model. Each repeat is bare, run, run, bare (a drift in
   this shared machine's speed, larger than the overhead, cancels to first order),
   and the figure is the median of 5 repeats; single repeats still differ by up
-  to about 10 points. The demo model writes a caption in 3.5 to 6.4 ms at batch
+  to about 10 points. The demo model writes a caption in 3.5 to 7.3 ms at batch
   16 (as this machine's speed varied), on both cores, so the tool's work is not
   hidden behind it. The same run with an instant backend shows the tool's own
   CPU (claims, cache lookups and writes, commits, checkpoint exports: 9-16 ms
@@ -124,13 +124,23 @@ NOTES = """\
   `Store.pending`, a query for every pending id that no run made (removed).
   The resume as a whole does more before its first generate: resume_cost times
   each step of a resumed 100,000-sample run. Reading the dataset and checking
-  its images (4.7-5.6 s here) every run does; the resume's own steps (the plan
+  its images (2.7-5.6 s here) every run does; the resume's own steps (the plan
   checked against the selection, the method's progress, the counts, the failed
   samples) took 0.38-0.62 s in the runs before an index on the results' status
   (run, method, status), which the method's progress and its failed samples now
   read (about 25 and 2 ms at 100,000, from 129 and 45-64), and 0.30-0.43 s
-  since: still not under 100 ms. Most of it is the plan checked against the
-  selection (reading 100,000 plan rows, 120-210 ms).
+  after it, most of that the plan checked against the selection (reading
+  100,000 plan rows, 120-210 ms). The run now keeps the digest of its latest
+  selection (its length and the SHA-256 of its ids in order: run.plan_digest),
+  so a resume of the same selection, or of more samples, compares two values
+  instead (25-60 ms, hashing the ids and planning the new ones included); the
+  1,000 new plan rows are inserted many a statement (110 ms through
+  executemany); whether the plan holds more than the selection is one index
+  step, not a count; references are counted only for CIDEr-D. The steps took
+  110-280 ms in 4 runs of this code (median about 145), still not reliably
+  under 100 ms: the method's progress and the samples done each count 99,000
+  index entries (20-35 ms each), and opening the database and the run's rows
+  take 30-60 ms.
 - **Process exit** is the time from a run's command returning to its process
   ending. Interpreter shutdown would run full garbage collections over every
   object alive (transformers' modules and the model); the CLI freezes the heap
