@@ -32,6 +32,17 @@ class _Skipped(Exception):
     """A job not run because one before it failed (that failure is the one raised)."""
 
 
+class _Job:
+    """A submitted job: the sample ids it finishes, and its outcome once it has run."""
+
+    __slots__ = ("future", "holds", "run", "started")
+
+    def __init__(self, run: Callable[[], None], holds: tuple[int, ...]):
+        self.run, self.holds = run, holds
+        self.future: Future[None] = Future()
+        self.started = False
+
+
 class BatchFinisher:
     """Runs finishing jobs one at a time, in order, in a background thread (or inline).
 
@@ -45,7 +56,7 @@ class BatchFinisher:
             raise ValueError("max_pending must be at least 1")
         self._executor = ThreadPoolExecutor(1, "finish-batch") if overlap else None
         self._max_pending = max_pending
-        self._pending: deque[tuple[Future[None], Sequence[int]]] = deque()
+        self._pending: deque[_Job] = deque()
         self._failed = threading.Event()
 
     def submit(self, job: Callable[[], None], holds: Sequence[int] = ()) -> None:
@@ -57,36 +68,56 @@ class BatchFinisher:
         if self._executor is None:
             job()
             return
-        self._pending.append((self._executor.submit(self._run, job), tuple(holds)))
+        # one append is the moment the job is held: a Ctrl-C just before it leaves the
+        # job out, just after it leaves it queued, and whatever is queued runs (a Ctrl-C
+        # inside the executor's submit, after it queued the job, used to leave a job
+        # that ran unannounced)
+        self._pending.append(_Job(job, tuple(holds)))
+        self._executor.submit(self._drain)
 
     def busy(self) -> bool:
         """Whether a submitted job is not finished yet."""
-        return any(not future.done() for future, _ in self._pending)
+        return any(not job.future.done() for job in list(self._pending))
 
     def holding(self) -> list[int]:
         """The sample ids of the jobs submitted and not finished yet."""
-        return [i for future, holds in self._pending if not future.done() for i in holds]
+        return [i for job in list(self._pending) if not job.future.done() for i in job.holds]
 
     def wait(self) -> None:
         """Block until every submitted job is finished; a job's error is raised here."""
+        self._kick()
         self._collect(keep=0)
 
-    def _run(self, job: Callable[[], None]) -> None:
-        if self._failed.is_set():
-            raise _Skipped
-        try:
-            job()
-        except BaseException:
-            self._failed.set()
-            raise
+    def _kick(self) -> None:
+        """Make sure a drain follows every job queued (a submit stopped between the two)."""
+        if self._executor is not None and any(not job.started for job in list(self._pending)):
+            self._executor.submit(self._drain)
+
+    def _drain(self) -> None:
+        """Run the queued jobs not started yet, oldest first (in the finisher's thread)."""
+        while True:
+            job = next((j for j in list(self._pending) if not j.started), None)
+            if job is None:
+                return
+            job.started = True
+            if self._failed.is_set():
+                job.future.set_exception(_Skipped())
+                continue
+            try:
+                job.run()
+            except BaseException as exc:
+                self._failed.set()
+                job.future.set_exception(exc)
+            else:
+                job.future.set_result(None)
 
     def _collect(self, *, keep: int) -> None:
         """Drop finished jobs, waiting for the oldest until at most keep are left."""
-        while self._pending and (len(self._pending) > keep or self._pending[0][0].done()):
+        while self._pending and (len(self._pending) > keep or self._pending[0].future.done()):
             # behind a failure (raised already) a job was skipped; a job is removed only once
             # done: a Ctrl-C while waiting leaves it to be waited for again
             with contextlib.suppress(_Skipped):
-                self._pending[0][0].result()
+                self._pending[0].future.result()
             self._pending.popleft()
 
     def __enter__(self) -> BatchFinisher:
@@ -94,5 +125,6 @@ class BatchFinisher:
 
     def __exit__(self, *exc: object) -> None:
         if self._executor is not None:
-            # on an error the job in hand still completes (nothing half-committed is left)
+            # on an error the jobs queued still complete (nothing half-committed is left)
+            self._kick()
             self._executor.shutdown(wait=True)

@@ -68,3 +68,37 @@ def test_without_overlap_a_job_runs_when_submitted() -> None:
 def test_max_pending_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_pending"):
         BatchFinisher(overlap=True, max_pending=0)
+
+
+@pytest.mark.parametrize("queued", [False, True], ids=["before-queueing", "after-queueing"])
+def test_a_ctrl_c_inside_submit_leaves_the_job_announced_and_it_runs_once(
+    queued: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The samples a Ctrl-C announces are those committed: a job stopped in submit, before
+    or after the executor queued it, is held, and the wait that follows runs it once."""
+    done: list[int] = []
+    gate = threading.Event()
+
+    def job() -> None:
+        assert gate.wait(WAIT_S)
+        done.append(7)
+
+    with BatchFinisher(overlap=True, max_pending=4) as finisher:
+        executor = finisher._executor
+        assert executor is not None
+        submit = executor.submit
+
+        def interrupted(fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if queued:
+                submit(fn, *args, **kwargs)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(executor, "submit", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            finisher.submit(job, holds=[7, 8])
+        monkeypatch.setattr(executor, "submit", submit)
+        assert finisher.holding() == [7, 8]
+        gate.set()
+        finisher.wait()
+        assert finisher.holding() == []
+    assert done == [7]
