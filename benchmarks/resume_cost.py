@@ -37,7 +37,7 @@ STEPS: list[tuple[Any, str, str, bool]] = [
     (runner, "load_dataset", "reading the dataset", True),
     (runner, "select_samples", "the selection's image checks", True),
     (Store, "ensure_plan", "the plan checked against the selection", False),
-    (Store, "method_progress", "the method's progress", False),
+    (Store, "run_methods", "the run's methods (their configs checked)", False),
     (Store, "planned_beyond", "whether the plan holds more than the selection", False),
     (Store, "count_results", "the samples done", False),
     (method_scores.MethodScores, "load", "stored scores read back", False),

@@ -531,7 +531,7 @@ def _only_method(store: Any, run_id: str, method: str | None) -> str:
     """The method of a run to act on: the one given, or the run's only one."""
     if store.get_run(run_id) is None:
         raise CobraEvalError(f"no run {run_id!r} in {store.display} (see `runs`)")
-    methods = [p.method for p in store.method_progress(run_id)]
+    methods = [p.method for p in store.run_methods(run_id)]
     if method is None:
         if len(methods) != 1:
             raise CobraEvalError(
@@ -685,7 +685,7 @@ def _export_table(
             methods = (
                 [_only_method(store, run_id, method)]
                 if method
-                else [p.method for p in store.method_progress(run_id)]
+                else [p.method for p in store.run_methods(run_id)]
             )
             if not methods:
                 _only_method(store, run_id, None)  # the clear error for an unknown run
@@ -845,9 +845,7 @@ def report_command(
 
     target = output or output_dir / run_id / "report.html"
     with _errors(), Store.open(resolve_url(db, output_dir), create=False) as store:
-        _only_method(
-            store, run_id, next(iter(p.method for p in store.method_progress(run_id)), None)
-        )
+        _only_method(store, run_id, next(iter(p.method for p in store.run_methods(run_id)), None))
         path = build_report(
             store, run_id, target, bootstrap=bootstrap, thumbnails=not no_thumbnails
         )

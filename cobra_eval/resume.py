@@ -106,7 +106,7 @@ def _check_run(
     differences = (
         diff_configs(run.config, run_cfg) if run.fingerprint != fingerprint(run_cfg) else []
     )
-    for progress in store.method_progress(run.id):
+    for progress in store.run_methods(run.id):
         cfg = method_cfgs.get(progress.method)
         if cfg is not None and progress.fingerprint != fingerprint(cfg):
             differences += diff_configs({"method": progress.config}, {"method": cfg})
@@ -120,7 +120,7 @@ def _newest_local_mismatch(
     """A run of this output folder that differs: resuming it by mistake must be refused."""
     for run in store.runs():
         if (output_dir / run.id).is_dir() and any(
-            m.method in method_cfgs for m in store.method_progress(run.id)
+            m.method in method_cfgs for m in store.run_methods(run.id)
         ):
             try:
                 _check_run(store, run, run_cfg, method_cfgs)

@@ -381,7 +381,19 @@ def large_report(tmp_path: Path, n: int = 5000) -> Large:
         run=RunInfo("big", now, "me@here", "0.1.0", {"dataset": {}}, "f" * 16, "finished"),
         database="sqlite:///big.db",
         methods=[
-            MethodProgress("big", m, {}, "0" * 16, {}, n, n, 0, "finished", now) for m in METHODS
+            MethodProgress(
+                run_id="big",
+                method=m,
+                config={},
+                fingerprint="0" * 16,
+                settings={},
+                total_planned=n,
+                done=n,
+                failed=0,
+                status="finished",
+                updated_at=now,
+            )
+            for m in METHODS
         ],
         workers={"me@here:1": 4 * n},
         intervals={m: corpus_intervals(stored, bootstrap=100) for m in METHODS},

@@ -197,6 +197,21 @@ def test_method_all_runs_each_method_with_its_own_checkpoints_and_resume(world: 
     assert world.rows(
         "SELECT method, COUNT(*) FROM sample_result GROUP BY method ORDER BY method"
     ) == [("baseline", 12), ("llava_cot", 10), ("scratchpad", 10), ("scratchpad_compare", 10)]
+    # every method of a resumed --method all counts its own progress (the first method's
+    # count is taken before the loop; the others' when they start)
+    rest = cli(
+        *world.run_args("--num_samples", "12", "--method", "all", "--resume_from_checkpoint")
+    )
+    assert rest.exit_code == 0, rest.output
+    loaded = [line for line in rest.output.splitlines() if line.startswith("Loaded checkpoint")]
+    assert (
+        loaded
+        == ["Loaded checkpoint: 12 samples processed, 0 remaining"]
+        + ["Loaded checkpoint: 10 samples processed, 2 remaining"] * 3
+    ), rest.output
+    assert world.rows(
+        "SELECT method, COUNT(*) FROM sample_result GROUP BY method ORDER BY method"
+    ) == [("baseline", 12), ("llava_cot", 12), ("scratchpad", 12), ("scratchpad_compare", 12)]
 
 
 def test_missing_images_stop_the_run_before_generation_or_are_skipped(world: World, cli) -> None:

@@ -15,8 +15,9 @@ from sqlmodel import SQLModel
 
 from cobra_eval.errors import StoreError
 from cobra_eval.store import Store, sqlite_direct
+from cobra_eval.store.checkpoint_io import ResultRecord
 from cobra_eval.store.engine import head_revision, open_engine, resolve_url
-from cobra_eval.store.repository import PLAN_CHUNK
+from cobra_eval.store.repository import PLAN_CHUNK, CommitItem
 
 TABLES = {
     "run",
@@ -275,3 +276,36 @@ def test_a_resume_of_the_selection_last_planned_reads_no_planned_row(
     # the same selection or more of it: nothing read; another order: read to be reordered
     assert not [s for s in unchanged if "planned_sample.image_id" in s], unchanged
     assert [s for s in statements if "planned_sample.image_id" in s], statements
+
+
+def test_a_runs_methods_are_listed_in_start_order_with_or_without_their_counts(
+    tmp_path: Path,
+) -> None:
+    # the resume checks configs with run_methods (no count of a 100k run's results); the
+    # progress views count: both must describe the same methods
+    failed = {"status": "failed", "error": "boom", "passes": []}
+    with Store.open(resolve_url(str(tmp_path / "cobra_eval.db"))) as store:
+        store.create_run("r", {"model": {"name": "m"}}, "f")
+        store.ensure_plan("r", [1, 2, 3])
+        for method, total in (("scratchpad", 3), ("baseline", 2)):
+            store.ensure_method("r", method, config={"name": method}, fingerprint=method[:4],
+                                settings={"batch_size": 2}, total=total)  # fmt: skip
+        records = [
+            ResultRecord(image_id=1, reference_captions=["a"], generated_caption="a"),
+            ResultRecord(
+                image_id=2, reference_captions=["b"], generated_caption="", metadata=failed
+            ),
+        ]
+        store.commit_results("r", "baseline", [CommitItem(r) for r in records], worker="w:1")
+        infos = store.run_methods("r")
+        progress = store.method_progress("r")
+        assert [m.method for m in infos] == ["scratchpad", "baseline"]
+        assert [(p.done, p.failed) for p in progress] == [(0, 0), (2, 1)]
+        assert [(m.config, m.fingerprint, m.settings, m.total_planned) for m in infos] == [
+            ({"name": "scratchpad"}, "scra", {"batch_size": 2}, 3),
+            ({"name": "baseline"}, "base", {"batch_size": 2}, 2),
+        ]
+        for info, counted in zip(infos, progress, strict=True):
+            assert {**vars(info), "done": counted.done, "failed": counted.failed} == vars(counted)
+        assert store.run_methods("r", "baseline") == [infos[1]]
+        assert store.run_methods("r", "llava_cot") == store.run_methods("other") == []

@@ -460,7 +460,7 @@ def _check_resampling(bootstrap: int, seed: int) -> None:
 def _methods_of(store: Store, run_id: str) -> list[str]:
     if store.get_run(run_id) is None:
         raise CobraEvalError(f"no run {run_id!r} in {store.display} (see `runs`)")
-    return [p.method for p in store.method_progress(run_id)]
+    return [p.method for p in store.run_methods(run_id)]
 
 
 def _check_side(store: Store, run_id: str, method: str, known: list[str] | None = None) -> None:

@@ -152,8 +152,8 @@ def _run_info(row: Any) -> RunInfo:
 
 
 @dataclass(frozen=True)
-class MethodProgress:
-    """Progress of one method of a run."""
+class MethodInfo:
+    """One method of a run, as started: its config, plan length and status."""
 
     run_id: str
     method: str
@@ -161,10 +161,20 @@ class MethodProgress:
     fingerprint: str
     settings: dict[str, Any]
     total_planned: int
-    done: int
-    failed: int
     status: str
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class MethodProgress(MethodInfo):
+    """Progress of one method of a run: its info and the samples with a result."""
+
+    done: int
+    failed: int
+
+
+def _method_info(row: Any) -> MethodInfo:
+    return MethodInfo(**{field.name: row[field.name] for field in fields(MethodInfo)})
 
 
 def plan_digest(ordered_ids: Sequence[int]) -> str:
@@ -270,6 +280,18 @@ class Store:
 
     # -- methods of a run ---------------------------------------------------
 
+    def run_methods(self, run_id: str, method: str | None = None) -> list[MethodInfo]:
+        """Every method of a run (or one), in the order they were started; nothing counted.
+
+        method_progress counts each method's results too: 20-35 ms at 100,000.
+        """
+        query = select(RUN_METHOD).where(RUN_METHOD.c.run_id == run_id).order_by(RUN_METHOD.c.id)
+        if method is not None:
+            query = query.where(RUN_METHOD.c.method == method)
+        with self.reader.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [_method_info(r) for r in rows]
+
     def method_progress(self, run_id: str, method: str | None = None) -> list[MethodProgress]:
         """Progress of every method of a run (or one), in the order they were started."""
         done = (
@@ -293,18 +315,7 @@ class Store:
         with self.reader.connect() as conn:
             rows = conn.execute(query).mappings().all()
         return [
-            MethodProgress(
-                run_id=r["run_id"],
-                method=r["method"],
-                config=r["config"],
-                fingerprint=r["fingerprint"],
-                settings=r["settings"],
-                total_planned=r["total_planned"],
-                done=r["done"],
-                failed=int(r["failed"] or 0),
-                status=r["status"],
-                updated_at=r["updated_at"],
-            )
+            MethodProgress(**vars(_method_info(r)), done=r["done"], failed=int(r["failed"] or 0))
             for r in rows
         ]
 
@@ -412,13 +423,14 @@ class Store:
                 last == known - 1 < len(ordered_ids) - 1
                 and plan_digest(ordered_ids[:known]) == stored
             ):
-                # the plan is the selection's first `known`, nothing after them
-                planned = set(ordered_ids[:known])
+                # the plan is the selection's first `known`, nothing after them: the rest of
+                # the selection (its ids are unique) is not planned
+                start, planned = known, set()
             else:
-                planned = self._reconcile_plan(conn, run_id, ordered_ids)
+                start, planned = 0, self._reconcile_plan(conn, run_id, ordered_ids)
             # the selection's ids not planned yet: their places were left free for them
             _insert_planned(conn, ((run_id, pos, image_id)
-                                   for pos, image_id in enumerate(ordered_ids)
+                                   for pos, image_id in enumerate(ordered_ids[start:], start)
                                    if image_id not in planned))  # fmt: skip
             conn.execute(update(RUN).where(RUN.c.id == run_id).values(plan_digest=digest))
 
