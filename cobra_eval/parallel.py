@@ -173,7 +173,9 @@ def _follow(
     last_checkpoint = 0
     while True:
         running = any(w.proc.poll() is None for w in workers)
-        for progress in store.run_methods(run_id):
+        methods = store.run_methods(run_id)
+        totals = {m.method: m.total_planned for m in methods}
+        for progress in methods:
             total = progress.total_planned
             done = store.count_results(run_id, progress.method, limit=total)
             if progress.method not in shown:
@@ -191,7 +193,10 @@ def _follow(
             ).all()  # fmt: skip
         for row in rows:
             last_checkpoint = row.id
-            total = next((p.total_planned for p in store.run_methods(run_id, row.method)), 0)
+            # a method started since this poll's read is read now
+            total = totals.get(row.method)
+            if total is None:
+                total = next((p.total_planned for p in store.run_methods(run_id, row.method)), 0)
             echo(f"  → Checkpoint saved: {Path(row.path).name} ({row.count}/{total} samples)")
         if not running:
             return

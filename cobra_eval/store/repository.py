@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    Select,
     and_,
     bindparam,
     case,
@@ -173,6 +174,12 @@ class MethodProgress(MethodInfo):
     failed: int
 
 
+def _run_methods_query(run_id: str, method: str | None) -> Select[Any]:
+    """A run's method rows (or one's), in the order they were started."""
+    query = select(RUN_METHOD).where(RUN_METHOD.c.run_id == run_id).order_by(RUN_METHOD.c.id)
+    return query if method is None else query.where(RUN_METHOD.c.method == method)
+
+
 def _method_info(row: Any) -> MethodInfo:
     return MethodInfo(**{field.name: row[field.name] for field in fields(MethodInfo)})
 
@@ -285,11 +292,8 @@ class Store:
 
         method_progress counts each method's results too: 20-35 ms at 100,000.
         """
-        query = select(RUN_METHOD).where(RUN_METHOD.c.run_id == run_id).order_by(RUN_METHOD.c.id)
-        if method is not None:
-            query = query.where(RUN_METHOD.c.method == method)
         with self.reader.connect() as conn:
-            rows = conn.execute(query).mappings().all()
+            rows = conn.execute(_run_methods_query(run_id, method)).mappings().all()
         return [_method_info(r) for r in rows]
 
     def method_progress(self, run_id: str, method: str | None = None) -> list[MethodProgress]:
@@ -305,13 +309,10 @@ class Store:
             .subquery()
         )
         query = (
-            select(RUN_METHOD, func.coalesce(done.c.done, 0).label("done"), done.c.failed)
+            _run_methods_query(run_id, method)
+            .add_columns(func.coalesce(done.c.done, 0).label("done"), done.c.failed)
             .outerjoin(done, done.c.method == RUN_METHOD.c.method)
-            .where(RUN_METHOD.c.run_id == run_id)
-            .order_by(RUN_METHOD.c.id)
         )
-        if method is not None:
-            query = query.where(RUN_METHOD.c.method == method)
         with self.reader.connect() as conn:
             rows = conn.execute(query).mappings().all()
         return [
