@@ -40,112 +40,118 @@ NOTES = """\
 
 - **Tool overhead** compares a run with `--metrics none` to the bare generation
   loop on the same loaded model. Each repeat is bare, run, run, bare (a drift in
-  this shared machine's speed, larger than the overhead, cancels to first order),
-  and the figure is the median of 5 repeats; single repeats still differ by up
-  to about 10 points. The demo model writes a caption in 3.5 to 7.3 ms at batch
-  16 (as this machine's speed varied), on both cores, so the tool's work is not
-  hidden behind it. The same run with an instant backend shows the tool's own
-  CPU (claims, cache lookups and writes, commits, checkpoint exports: 9-16 ms
-  per batch of 16 in the runs so far), and that alone is about 3 times the 5%
-  budget. On SQLite the statements a run issues for every batch go straight to
-  the driver's cursor, with SQLAlchemy's own value conversions (the store's
+  this shared machine's speed, larger than the overhead, cancels to first
+  order), and the figure is the median of 5 repeats; single repeats still differ
+  by up to about 10 points. The demo model writes a caption in 2.2 to 7.3 ms at
+  batch 16 (as this machine's speed varied), on both cores, so the tool's work
+  is not hidden behind it. The same run with an instant backend shows the tool's
+  own CPU (claims, cache lookups and writes, commits, checkpoint exports: 4.6-16
+  ms per batch of 16 in the runs so far, 13-15% of the bare loop's time in every
+  one: both move with the machine's speed), and that alone is about 3 times the
+  5% budget. On SQLite the statements a run issues for every batch go straight
+  to the driver's cursor, with SQLAlchemy's own value conversions (the store's
   sqlite_direct): that cut this CPU by 18% (8 rounds, 0.79-0.87x), measured by
   `python -m benchmarks.tool_cpu --against <a checkout of the code before>`,
   which alternates the two so that the machine's drift falls on both. A process
-  that keeps 15% of one core
-  busy slows the bare loop by half to more than all of that share (the line
-  above the shell runs): the model leaves little of either core idle, so the
-  tool's CPU comes out of generation wherever it runs. The same runs split the
-  overhead in two, each part measured inside the runs themselves: the loop's
-  time outside generate calls (the model's thread claiming, writing each
-  batch's outputs to the cache, handing the batch over: steady from repeat to
-  repeat, as it needs no comparison with other loops; 2.7-3.0% since claims go
-  a block ahead and the next block's images are hashed and looked up in the
-  cache in the background, 4.6-5.4% before), and generate itself running slower inside a run
-  than in the bare loops (the finisher's commits and exports and the hashing
-  thread take CPU and the GIL from the model; this part carries the machine's
-  drift). A model that takes longer per caption dilutes these per-batch costs:
-  scaled_overhead measures the same overhead beside the demo's LLaVA scaled up
-  (random weights, about 15 times slower per caption), where the model's thread
-  waits for the tool under 1% of its generate time; its whole figure, from
-  three repeats of a longer loop, moves with the machine's drift (from -3% to 12%
-  in the runs so far). Real-scale figures on a GPU are not measured (no GPU was lent).
-- **All metrics vs none** includes METEOR. METEOR 1.5 loads its whole
-  paraphrase table (5.3 million entries: about 10 CPU-seconds) before it answers
-  anything; a run starts its JVM on the entries its references can match (the
-  same scores; tests compare them), cut in the background while the model loads,
-  so it answers after under a second (offcpu_overlap's last line), with the C1
+  that keeps 15% of one core busy slows the bare loop by half to more than all
+  of that share (the line above the shell runs): the model leaves little of
+  either core idle, so the tool's CPU comes out of generation wherever it runs.
+  The same runs split the overhead in two, each part measured inside the runs
+  themselves: the loop's time outside generate calls (the model's thread
+  claiming, writing each batch's outputs to the cache, handing the batch over:
+  steady from repeat to repeat, as it needs no comparison with other loops;
+  2.7-3.0% since claims go a block ahead and the next block's images are hashed
+  and looked up in the cache in the background, 4.6-5.4% before), and generate
+  itself running slower inside a run than in the bare loops (the finisher's
+  commits and exports and the hashing thread take CPU and the GIL from the
+  model; this part carries the machine's drift). A model that takes longer per
+  caption dilutes these per-batch costs: scaled_overhead measures the same
+  overhead beside the demo's LLaVA scaled up (random weights, about 15 times
+  slower per caption), where the model's thread waits for the tool under 1% of
+  its generate time; its whole figure, from three repeats of a longer loop,
+  moves with the machine's drift (from -6% to 12% in the runs so far).
+  Real-scale figures on a GPU are not measured (no GPU was lent).
+- **All metrics vs none** includes METEOR. METEOR 1.5 loads its whole paraphrase
+  table (5.3 million entries: about 10 CPU-seconds) before it answers anything;
+  a run starts its JVM on the entries its references can match (the same scores;
+  tests compare them), cut in the background while the model loads, so it
+  answers after under a second (offcpu_overlap's last line), with the C1
   compiler only, which halves its CPU on a run's short requests, and with
   `-lower` on text the run has already normalized as `-norm` would (Python for
   plain lower-case words, METEOR's own normalizer in a JVM for the rest): a
   third less of its scoring CPU, and no normalizer JVM for the cut of plain
   references. metric_cost's last line: started and scoring 1,000 COCO captions,
-  about 4.4 CPU-seconds and 250 MiB, against about 16 and 570 MiB on the whole
-  table. CIDEr-D's document frequencies are counted from the cut's own
-  tokenization of the references, in the background, and first needed when the
-  first batch is scored, so the first generate no longer waits for them. Once
-  its JVM is up, METEOR rehearses on the first 100 planned images' references
-  while the model is still loading (a core is idle then): a JVM's first answers
-  cost it about twice the CPU of later ones, 0.6-0.8 of the 1.7 CPU-seconds it
-  spent on a run's 1,000 captions, which were paid while the model generated.
-  Everything the scorers do still runs on the two cores the CPU-bound demo model
-  uses, and a share of a core taken from the model costs it more than that share
-  (the busy-process line). Two lower bounds are printed. Half the all-metrics
-  run's CPU time (its process and its JVMs) bounds that run as it ran; it
-  includes the model's threads waiting on each other while another thread holds
-  a core. The tighter one holds for any overlap: the none run's CPU plus the CPU
-  of scoring the same captions alone, over the cores (1.35x before the cut, now
-  below 1x). With the rehearsal it was 1.06x and 1.11x in two runs (1.12x,
-  1.23x and 1.70x in the three before, without it); the Java-free metrics alone
-  cost about as much (1.06x and 1.14x), which the rehearsal does not touch: the
-  margin of either is small beside the machine's noise. Batches wait to be
-  scored while the model goes on (up to 1,024 samples of them), so a model that
-  leaves the CPU idle, as one on a GPU does, never waits for scoring
-  (offcpu_overlap: a backend that sleeps 6 ms a sample): every metric costs it
-  about 1.5% (4% before the rehearsal). A checkpoint's corpus METEOR is one
-  `EVAL` of the samples' summed statistics (metric_cost's METEOR checkpoint
-  lines: the same score as an `EVAL` of every line, in about a millisecond).
-  The ratio's denominator moves with the machine too: the `--metrics none` runs
-  took 13.3 s in this run, 16.3 s in the one before.
-- **The 1,000-result export and the 10,000-result import** sit at their
-  bounds: the same code measured 15.6-27.0 ms and 1.58-2.04 s across the runs
-  so far (the 10,000-result export 136-233 ms), so each is met in some runs and
-  missed in others; this run was in a slow phase of the machine, and missed
-  both exports on code unchanged since the one before. Both are CPU-bound
-  (an export of 1,000 results is about 16 ms of CPU, mostly parsing and writing
-  its JSON; an import is the run's own commit path, 160,000 rows for 10,000
-  results with their passes and metric rows).
+  1.7-4.4 CPU-seconds (as the machine's speed varied) and 250 MiB, against about
+  four times the CPU and 570 MiB on the whole table. CIDEr-D's document
+  frequencies are counted from the cut's own tokenization of the references, in
+  the background, and first needed when the first batch is scored, so the first
+  generate no longer waits for them. Once its JVM is up, METEOR rehearses on the
+  first 100 planned images' references while the model is still loading (a core
+  is idle then): a JVM's first answers cost it about twice the CPU of later
+  ones, 0.6-0.8 of the 1.7 CPU-seconds it spent on a run's 1,000 captions, which
+  were paid while the model generated. Everything the scorers do still runs on
+  the two cores the CPU-bound demo model uses, and a share of a core taken from
+  the model costs it more than that share (the busy-process line). Two lower
+  bounds are printed. Half the all-metrics run's CPU time (its process and its
+  JVMs) bounds that run as it ran; it includes the model's threads waiting on
+  each other while another thread holds a core. The tighter one holds for any
+  overlap: the none run's CPU plus the CPU of scoring the same captions alone,
+  over the cores (1.35x before the cut, now below 1x). With the rehearsal it was
+  1.06x and 1.11x in two runs and 1.16x in this one, in a fast phase of the
+  machine (1.12x, 1.23x and 1.70x in the three before, without it); the
+  Java-free metrics alone cost about half to all of that (1.06x, 1.14x, 1.01x,
+  now 1.08x), which the rehearsal does not touch: the margin of either is small
+  beside the machine's noise. A faster machine does not shrink it: the model and
+  the scorers speed up alike. Batches wait to be scored while the model goes on
+  (up to 1,024 samples of them), so a model that leaves the CPU idle, as one on
+  a GPU does, never waits for scoring (offcpu_overlap: a backend that sleeps 6
+  ms a sample): every metric costs it about 1.5% (4% before the rehearsal). A
+  checkpoint's corpus METEOR is one `EVAL` of the samples' summed statistics
+  (metric_cost's METEOR checkpoint lines: the same score as an `EVAL` of every
+  line, in about a millisecond). The ratio's denominator moves with the machine
+  too: the `--metrics none` runs took 5.5 s in this run, 15.3 s in the one
+  before.
+- **The 1,000-result export and the 10,000-result import** move with the
+  machine's speed around their bounds: the same code measured 10.1-27.1 ms and
+  0.67-2.04 s across the runs so far (the 10,000-result export 82-247 ms), so
+  each is met in some runs and missed in others; the two runs before this one
+  were in a slow phase of the machine and missed both exports, this one, in a
+  fast phase, met them with room (code unchanged since). Both are CPU-bound (an
+  export of 1,000 results is about 16 ms of CPU, mostly parsing and writing its
+  JSON; an import is the run's own commit path, 160,000 rows for 10,000 results
+  with their passes and metric rows).
 - **Resume planning** is what a resumed run does to find its pending samples:
   its first claim, which looks after the samples it found settled (the plan's
   first `processed`, but for a few) and reads a handful of rows; holes before
   them (failures to retry, a dead worker's batch) are claimed once nothing is
-  pending after, by a claim that looks from the plan's start (about 0.2 s at
+  pending after, by a claim that looks from the plan's start (0.1-0.2 s at
   100,000, once, after the first generate). Runs before this one measured
-  `Store.pending`, a query for every pending id that no run made (removed).
-  The resume as a whole does more before its first generate: resume_cost times
-  each step of a resumed 100,000-sample run. Reading the dataset and checking
-  its images (2.7-5.6 s here) every run does; the resume's own steps (the plan
+  `Store.pending`, a query for every pending id that no run made (removed). The
+  resume as a whole does more before its first generate: resume_cost times each
+  step of a resumed 100,000-sample run. Reading the dataset and checking its
+  images (2.0-5.6 s here) every run does; the resume's own steps (the plan
   checked against the selection, the method's progress, the counts, the failed
   samples) took 0.38-0.62 s in the runs before an index on the results' status
   (run, method, status), which the method's progress and its failed samples now
-  read (about 25 and 2 ms at 100,000, from 129 and 45-64), and 0.30-0.43 s
-  after it, most of that the plan checked against the selection (reading
-  100,000 plan rows, 120-210 ms). The run now keeps the digest of its latest
-  selection (its length and the SHA-256 of its ids in order: run.plan_digest),
-  so a resume of the same selection, or of more samples, compares two values
-  instead (25-60 ms, hashing the ids and planning the new ones included); the
-  1,000 new plan rows are inserted many a statement (110 ms through
-  executemany); whether the plan holds more than the selection is one index
-  step, not a count; references are counted only for CIDEr-D. The steps took
-  110-280 ms in 4 runs of that code (median about 145): the method's progress
-  and the samples done each counted 99,000 index entries (20-35 ms each, the
-  latter twice). Now the run's methods are checked against the command's
-  without counting their results (`Store.run_methods`), the first method's
-  count, taken for the "all done?" check, serves its loop, and a plan extended
-  by more samples walks only the new ids (not all 100,000): 49-99 ms in 6 of
-  7 runs of this code before this one (median 60 ms), once 192 ms (the plan's
-  commit took 124 ms, likely SQLite checkpointing its WAL); opening the
-  database, the run's rows and the first batch's lookups take 26-58 ms.
+  read (about 25 and 2 ms at 100,000, from 129 and 45-64), and 0.30-0.43 s after
+  it, most of that the plan checked against the selection (reading 100,000 plan
+  rows, 120-210 ms). The run now keeps the digest of its latest selection (its
+  length and the SHA-256 of its ids in order: run.plan_digest), so a resume of
+  the same selection, or of more samples, compares two values instead (25-60 ms,
+  hashing the ids and planning the new ones included); the 1,000 new plan rows
+  are inserted many a statement (110 ms through executemany); whether the plan
+  holds more than the selection is one index step, not a count; references are
+  counted only for CIDEr-D. The steps took 110-280 ms in 4 runs of that code
+  (median about 145): the method's progress and the samples done each counted
+  99,000 index entries (20-35 ms each, the latter twice). Now the run's methods
+  are checked against the command's without counting their results
+  (`Store.run_methods`), the first method's count, taken for the "all done?"
+  check, serves its loop, and a plan extended by more samples walks only the new
+  ids (not all 100,000): 49-99 ms in 6 of 7 runs of this code measured apart
+  (median 60 ms), once 192 ms (the plan's commit took 124 ms, likely SQLite
+  checkpointing its WAL), and 39 ms in this run, in a fast phase of the machine;
+  opening the database, the run's rows and the first batch's lookups take 20-58
+  ms.
 - **Process exit** is the time from a run's command returning to its process
   ending. Interpreter shutdown would run full garbage collections over every
   object alive (transformers' modules and the model); the CLI freezes the heap
@@ -163,12 +169,12 @@ NOTES = """\
   captions file of that size, 75 MB) is streamed an entry at a time and the plan
   inserted 5,000 rows a statement, so neither is held whole; reading the file
   sets the peak (its captions are gathered by image before the samples are
-  made). The checkpoint export streams and keeps nothing. The JVMs the run starts
-  are processes of their own: the next row adds the largest one's own peak (the
-  tokenizer's, read from /proc while it runs). Its heap is capped at 128 MB (with
-  the JVM's default maximum, a quarter of the machine's memory, it reached 304
-  MiB in a 100,000-sample run on this machine). METEOR's JVM, when it is on,
-  peaks near 250 MiB on the paraphrase table cut to 1,000 COCO images'
+  made). The checkpoint export streams and keeps nothing. The JVMs the run
+  starts are processes of their own: the next row adds the largest one's own
+  peak (the tokenizer's, read from /proc while it runs). Its heap is capped at
+  128 MB (with the JVM's default maximum, a quarter of the machine's memory, it
+  reached 304 MiB in a 100,000-sample run on this machine). METEOR's JVM, when
+  it is on, peaks near 250 MiB on the paraphrase table cut to 1,000 COCO images'
   references (near 570 MiB on the whole table, with the serial collector the
   tool starts it with; with pycocoevalcap's own command, the JVM's default
   collector and the same 2 GB heap cap, 1.1-1.3 GiB: metric_cost's last line).

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -185,3 +189,46 @@ def test_real_coco_captions_score_the_same_on_the_cut_and_the_whole_table() -> N
     with prepared(["zzz"]) as meteor:
         without = meteor.stats_many(pairs)
     assert sum(a != b for a, b in zip(without, expected, strict=True)) >= 30
+
+
+def test_a_cut_left_by_a_killed_process_is_removed_by_the_next_one(
+    small_table: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    # a process that cut its table, then is killed before it can remove it
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from cobra_eval.metrics.meteor import MeteorProcess\n"
+        "meteor = MeteorProcess(table=Path(sys.argv[1]))\n"
+        "print(meteor.prepare(lambda: ['a man riding a horse']).result(), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    env = {**os.environ, "TMPDIR": str(temp)}
+    killed = subprocess.Popen(
+        [sys.executable, "-c", script, str(small_table)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    alive = subprocess.Popen(["sleep", "600"])
+    try:
+        assert killed.stdout is not None
+        cut = Path(killed.stdout.readline().strip())
+        assert cut.is_file() and cut.parent.parent == temp
+        killed.kill()
+        killed.wait()
+        # a live process's cut (named as it would name it) is kept
+        (temp / f"cobra-eval-meteor-{alive.pid}-abc").mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(temp))
+        with prepared(["a man riding a horse"], small_table) as meteor:
+            assert meteor.stats_many(PAIRS[:1])
+            names = sorted(path.name for path in temp.iterdir())
+            assert not cut.parent.exists()
+            assert len(names) == 2 and f"cobra-eval-meteor-{alive.pid}-abc" in names
+            assert any(name.startswith(f"cobra-eval-meteor-{os.getpid()}-") for name in names)
+        # its own, once closed
+        assert [path.name for path in temp.iterdir()] == [f"cobra-eval-meteor-{alive.pid}-abc"]
+    finally:
+        killed.kill()
+        alive.kill()
+        killed.wait()
+        alive.wait()

@@ -19,6 +19,7 @@ the same scores for a third less of its CPU.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import tempfile
@@ -38,6 +39,7 @@ from cobra_eval.metrics.meteor_text import (
     NormalizerError,
     normalized_lines,
 )
+from cobra_eval.store.engine import process_alive
 
 #: Seconds one reply of the METEOR JVM may take (its start-up included) before it is killed.
 METEOR_TIMEOUT_S = 120
@@ -46,10 +48,25 @@ STATS_CHUNK = 64
 #: Requests of a rehearsal sent at a time: a real request waits for one such chunk at most.
 REHEARSAL_CHUNK = 16
 
+#: The cut table's folder, in the temp folder, is named for its process (this prefix, the pid,
+#: a dash): a process killed before it could remove its folder leaves one a later cut removes.
+CUT_FOLDER_PREFIX = "cobra-eval-meteor-"
+
 #: (tokenized hypothesis, its tokenized references) pairs.
 Pairs = Sequence[tuple[str, Sequence[str]]]
 
 _log = logging.getLogger(__name__)
+
+
+def cut_folder() -> Path:
+    """A new folder for this process's cut table, once those of dead processes are removed."""
+    base = Path(tempfile.gettempdir())
+    for left in base.glob(f"{CUT_FOLDER_PREFIX}*-*"):
+        pid = left.name[len(CUT_FOLDER_PREFIX) :].split("-", 1)[0]
+        # a cut is 1-4 MB: ten runs killed by SIGKILL (or OOM) must not leave ten behind
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(left, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{CUT_FOLDER_PREFIX}{os.getpid()}-", dir=base))
 
 
 class MeteorError(RuntimeError):
@@ -94,7 +111,7 @@ class MeteorProcess:
         from cobra_eval.metrics.paraphrases import cut_table_or_none
 
         try:
-            folder = Path(tempfile.mkdtemp(prefix="cobra-eval-meteor-"))
+            folder = cut_folder()
         except OSError as exc:  # no room for the cut table: the whole one, as before
             _log.warning("METEOR loads its whole paraphrase table: %s", exc)
             self.warm_up()
