@@ -63,7 +63,7 @@ def cut_folder() -> Path:
     base = Path(tempfile.gettempdir())
     for left in base.glob(f"{CUT_FOLDER_PREFIX}*-*"):
         pid = left.name[len(CUT_FOLDER_PREFIX) :].split("-", 1)[0]
-        # a cut is 1-4 MB: ten runs killed by SIGKILL (or OOM) must not leave ten behind
+        # a cut is 1-6 MB: ten runs killed by SIGKILL (or OOM) must not leave ten behind
         if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(left, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{CUT_FOLDER_PREFIX}{os.getpid()}-", dir=base))

@@ -123,6 +123,14 @@ class PhraseIndex:
         """Where each phrase's words end in phrase_words."""
         return np.cumsum(self.phrase_lengths, dtype=np.int64)
 
+    def known(self, hashes: np.ndarray) -> np.ndarray:
+        """Those of these hashes that some phrase of the table has (the rest can keep nothing)."""
+        if not len(self.sorted_hashes):
+            return hashes[:0]
+        at = np.searchsorted(self.sorted_hashes, hashes)
+        at[at == len(self.sorted_hashes)] = 0
+        return hashes[self.sorted_hashes[at] == hashes]
+
     def kept(self, present_hashes: np.ndarray) -> np.ndarray:
         """The entries (ascending) one of whose phrases has one of these hashes, or is empty."""
         low = np.searchsorted(self.sorted_hashes, present_hashes, side="left")
@@ -337,9 +345,11 @@ def reference_pieces(references: Iterable[str]) -> list[str] | None:
 def reference_ngrams(
     references: Iterable[str], index: PhraseIndex, normalizer: MeteorNormalizer
 ) -> np.ndarray | None:
-    """The hashes of every n-gram of the references as METEOR sees them, ascending (None:
-    see reference_pieces). A chunk of references at a time, so that a 100,000-image
-    run's half a million references are never all held at once.
+    """The hashes of the references' n-grams (as METEOR sees them) that are phrases of the
+    table, ascending (None: see reference_pieces). A chunk of references at a time, of
+    whose n-grams only the table's phrases are kept, so that neither a 100,000-image
+    run's half a million references nor their tens of millions of n-grams are ever all
+    held at once (40,504 COCO images' cut peaked 130 MiB higher when every n-gram was).
 
     METEOR lower-cases in Java and splits words as StringTokenizer does. Python
     lower-cases every word that is ASCII, or that becomes ASCII, as Java does; a word
@@ -357,7 +367,7 @@ def reference_ngrams(
             [number.get(word.encode(), -1) for word in _JAVA_SPACE.split(text.lower()) if word]
             for text in normalizer.normalize(pieces)
         )
-        found.append(ngram_hashes(lines, index.longest))
+        found.append(index.known(ngram_hashes(lines, index.longest)))
     return np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
 
 
