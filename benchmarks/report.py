@@ -97,10 +97,10 @@ NOTES = """\
   each other while another thread holds a core. The tighter one holds for any
   overlap: the none run's CPU plus the CPU of scoring the same captions alone,
   over the cores (1.35x before the cut, now below 1x). With the rehearsal it was
-  1.06x and 1.11x in two runs and 1.16x in this one, in a fast phase of the
-  machine (1.12x, 1.23x and 1.70x in the three before, without it); the
+  1.06x and 1.11x in two runs, and 1.16x and 1.14x in the last two, in a fast
+  phase of the machine (1.12x, 1.23x and 1.70x in the three before, without it); the
   Java-free metrics alone cost about half to all of that (1.06x, 1.14x, 1.01x,
-  now 1.08x), which the rehearsal does not touch: the margin of either is small
+  1.08x, 1.07x), which the rehearsal does not touch: the margin of either is small
   beside the machine's noise. A faster machine does not shrink it: the model and
   the scorers speed up alike. Batches wait to be scored while the model goes on
   (up to 1,024 samples of them), so a model that leaves the CPU idle, as one on
@@ -109,14 +109,14 @@ NOTES = """\
   checkpoint's corpus METEOR is one `EVAL` of the samples' summed statistics
   (metric_cost's METEOR checkpoint lines: the same score as an `EVAL` of every
   line, in about a millisecond). The ratio's denominator moves with the machine
-  too: the `--metrics none` runs took 5.5 s in this run, 15.3 s in the one
-  before.
+  too: the `--metrics none` runs took 5.7 s in this run, 5.5 s in the one
+  before, 15.3 s in the one before that.
 - **The 1,000-result export and the 10,000-result import** move with the
   machine's speed around their bounds: the same code measured 10.1-27.1 ms and
-  0.67-2.04 s across the runs so far (the 10,000-result export 82-247 ms), so
-  each is met in some runs and missed in others; the two runs before this one
-  were in a slow phase of the machine and missed both exports, this one, in a
-  fast phase, met them with room (code unchanged since). Both are CPU-bound (an
+  0.65-2.04 s across the runs so far (the 10,000-result export 80-247 ms), so
+  each is met in some runs and missed in others; two runs on 2026-12-01 were in
+  a slow phase of the machine and missed both exports, the two since, in a fast
+  phase, met them with room (export code unchanged). Both are CPU-bound (an
   export of 1,000 results is about 16 ms of CPU, mostly parsing and writing its
   JSON; an import is the run's own commit path, 160,000 rows for 10,000 results
   with their passes and metric rows).
@@ -149,7 +149,8 @@ NOTES = """\
   check, serves its loop, and a plan extended by more samples walks only the new
   ids (not all 100,000): 49-99 ms in 6 of 7 runs of this code measured apart
   (median 60 ms), once 192 ms (the plan's commit took 124 ms, likely SQLite
-  checkpointing its WAL), and 39 ms in this run, in a fast phase of the machine;
+  checkpointing its WAL), and 39 and 43 ms in the last two runs, in a fast phase
+  of the machine;
   opening the database, the run's rows and the first batch's lookups take 20-58
   ms.
 - **Process exit** is the time from a run's command returning to its process
@@ -177,7 +178,12 @@ NOTES = """\
   it is on, peaks near 250 MiB on the paraphrase table cut to 1,000 COCO images'
   references (near 570 MiB on the whole table, with the serial collector the
   tool starts it with; with pycocoevalcap's own command, the JVM's default
-  collector and the same 2 GB heap cap, 1.1-1.3 GiB: metric_cost's last line).
+  collector and the same 2 GB heap cap, 1.1-1.3 GiB: metric_cost's METEOR line).
+  The run cuts that table in its own process, while the model loads: that adds
+  about 160 MiB to the run's peak whatever the number of references (metric_cost's
+  last line), most of it the index's pages it maps (file-backed, shared and
+  reclaimable); it grew with them (+299 MiB for 40,504 images) while every
+  n-gram of the references was held until the cut, not only the table's phrases.
 - No GPU was lent to this task: the real-scale section (a LLaVA-1.5-7B-shaped
   model on a GPU) has no figures.
 """
