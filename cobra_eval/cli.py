@@ -482,7 +482,7 @@ def score_command(
     """Score results again without the model: a checkpoint/results FILE, or a stored --run.
 
     With --run, the stored sample metrics and the corpus metrics (scope 'rescore')
-    are updated in the database.
+    are updated in the database; refused while a worker is running that method.
     """
     from cobra_eval.metrics import parse_metric_list
     from cobra_eval.metrics.rescore import rescore, rescore_stored

@@ -330,3 +330,37 @@ def subprocess_pid_gone() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return child.pid
+
+
+def test_a_run_being_run_is_not_rescored_until_its_worker_stops(world: World, cli) -> None:
+    log = world.root / "generations.log"
+    worker = start_worker(world, log)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+            world.db_exists()
+            and world.has_table("sample_result")
+            and world.rows("SELECT COUNT(*) FROM sample_result")[0][0] >= 4
+        ):
+            time.sleep(0.05)
+        assert worker.poll() is None, worker.communicate()
+        score = ("score", "--run", "shared", "--output_dir", str(world.out), *world.db_args,
+                 "--metrics", "bleu")  # fmt: skip
+        refused = cli(*score)
+        assert refused.exit_code != 0
+        assert f"being run now by {user_at_host()}:{worker.pid} (claims until" in refused.output
+        assert "nothing was rescored" in refused.output
+        assert "Traceback" not in refused.output
+        assert world.rows("SELECT COUNT(*) FROM corpus_metric WHERE scope = 'rescore'") == [(0,)]
+        assert {m for (m,) in world.rows("SELECT metrics FROM sample_result")} == {"{}"}
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    # its claims end with it: the samples it committed are rescored
+    done = cli(*score)
+    assert done.exit_code == 0, done.output
+    rescored = world.rows("SELECT metric FROM corpus_metric WHERE scope = 'rescore' ORDER BY 1")
+    assert rescored == [("Bleu_1",), ("Bleu_2",), ("Bleu_3",), ("Bleu_4",)]
+    assert all(
+        "Bleu_1" in json.loads(m) for (m,) in world.rows("SELECT metrics FROM sample_result")
+    )

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from cobra_eval.errors import CobraEvalError
 from cobra_eval.metrics.corpus import CorpusScores, score_corpus
 from cobra_eval.metrics.per_sample import PreparedScoring, SampleScorer
 from cobra_eval.store.checkpoint_io import ResultRecord
+from cobra_eval.store.claims import live_holders
 from cobra_eval.store.repository import Store
 from cobra_eval.store.scores import (
     ScoreUpdate,
@@ -63,7 +65,22 @@ def rescore(results: Sequence[ResultRecord], metrics: Sequence[str]) -> Rescored
 
 
 def rescore_stored(store: Store, run_id: str, method: str, metrics: Sequence[str]) -> Rescored:
-    """Rescore a stored method's results and store the scores (corpus scope 'rescore')."""
+    """Rescore a stored method's results and store the scores (corpus scope 'rescore').
+
+    Refused, changing nothing, while a worker runs the method: it keeps its samples'
+    corpus statistics in memory, and its next checkpoints would pool them with
+    these scores.
+    """
+    holders = live_holders(store, run_id, method)
+    if holders:
+        held = ", ".join(
+            f"{worker} (claims until {until:%Y-%m-%d %H:%M:%S} UTC)"
+            for worker, until in holders.items()
+        )
+        raise CobraEvalError(
+            f"run {run_id}'s {method} is being run now by {held}; nothing was rescored. "
+            "Score it again once it has stopped (a killed worker's claims lapse at that time)"
+        )
     scored = rescore(list(store.results(run_id, method)), metrics)
     before = stored_scores(store, run_id, method)
     updates = {}

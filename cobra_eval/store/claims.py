@@ -242,6 +242,24 @@ def others_work(store: Store, run_id: str, method: str, worker: str, total: int)
     return OthersWork(int(count or 0), until)
 
 
+def live_holders(store: Store, run_id: str, method: str) -> dict[str, datetime]:
+    """The workers holding live claims on a method now, each with its last claim's expiry.
+
+    A running worker holds some until it ends (it claims ahead, and a finished
+    method's claims are cleared); a dead process of this host holds none.
+    """
+    now = utcnow()
+    query = (
+        select(CLAIM.c.worker, func.max(CLAIM.c.expires_at))
+        .where(CLAIM.c.run_id == run_id, CLAIM.c.method == method, CLAIM.c.expires_at > now)
+        .group_by(CLAIM.c.worker)
+        .order_by(CLAIM.c.worker)
+    )
+    with store.engine.begin() as conn:
+        _expire_dead_local_claims(conn, run_id, method, now)
+        return {worker: until for worker, until in conn.execute(query)}
+
+
 def clear_claims(store: Store, run_id: str, method: str) -> None:
     """Forget a finished method's claims (they only matter while work is pending)."""
     with store.engine.begin() as conn:
