@@ -75,10 +75,6 @@ class BatchFinisher:
         self._pending.append(_Job(job, tuple(holds)))
         self._executor.submit(self._drain)
 
-    def busy(self) -> bool:
-        """Whether a submitted job is not finished yet."""
-        return any(not job.future.done() for job in list(self._pending))
-
     def holding(self) -> list[int]:
         """The sample ids of the jobs submitted and not finished yet."""
         return [i for job in list(self._pending) if not job.future.done() for i in job.holds]

@@ -23,7 +23,6 @@ def test_jobs_run_in_order_and_submits_wait_only_beyond_max_pending() -> None:
     with BatchFinisher(overlap=True, max_pending=3) as finisher:
         for k in range(3):  # the first blocks; the other two queue behind it
             finisher.submit(lambda k=k: job(k), holds=[10 * k, 10 * k + 1])
-        assert finisher.busy()
         assert finisher.holding() == [0, 1, 10, 11, 20, 21]
         fourth = threading.Thread(target=finisher.submit, args=(lambda: job(3), [30]))
         fourth.start()
@@ -34,7 +33,6 @@ def test_jobs_run_in_order_and_submits_wait_only_beyond_max_pending() -> None:
         assert not fourth.is_alive()
         finisher.wait()
         assert done == [0, 1, 2, 3]
-        assert not finisher.busy()
         assert finisher.holding() == []
 
 
@@ -62,7 +60,7 @@ def test_without_overlap_a_job_runs_when_submitted() -> None:
     finisher = BatchFinisher(overlap=False, max_pending=8)
     finisher.submit(lambda: done.append(threading.current_thread().name), holds=[1])
     assert done == [threading.current_thread().name]
-    assert not finisher.busy() and finisher.holding() == []
+    assert finisher.holding() == []
 
 
 def test_max_pending_must_be_positive() -> None:
