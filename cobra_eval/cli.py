@@ -357,6 +357,7 @@ def run_command(**opts: Any) -> None:
     the database (results/cobra_eval.db), which you can query with SQL.
     """
     from cobra_eval.config import GenerationParams, RunSettings
+    from cobra_eval.interrupts import patient_interrupts
     from cobra_eval.metrics import parse_metric_list
     from cobra_eval.progress import generation_lines, metrics_table, reporter_for_stdout
     from cobra_eval.runner import Interrupted, run_evaluation
@@ -372,10 +373,11 @@ def run_command(**opts: Any) -> None:
         opts["metrics"] = parse_metric_list(opts["metrics"])
         opts["cache"] = not opts.pop("no_cache")
         settings = RunSettings(generation=generation, **opts)
-        if workers > 1 or devices:
-            _run_parallel(settings, workers, devices)
-            return
-        summary = run_evaluation(settings, reporter=reporter_for_stdout())
+        with patient_interrupts():
+            if workers > 1 or devices:
+                _run_parallel(settings, workers, devices)
+                return
+            summary = run_evaluation(settings, reporter=reporter_for_stdout())
     except Interrupted as exc:
         click.echo(str(exc), err=True)
         sys.exit(130)

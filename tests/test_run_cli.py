@@ -348,10 +348,14 @@ def test_read_commands_never_create_a_database(tmp_path, cli) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_ctrl_c_keeps_every_committed_sample_and_says_how_to_continue(world: World) -> None:
+@pytest.mark.parametrize("presses", [1, 2], ids=["once", "twice"])
+def test_ctrl_c_keeps_every_committed_sample_and_says_how_to_continue(
+    world: World, presses: int
+) -> None:
     import signal
     import subprocess
     import sys
+    import time
 
     from tests.conftest import REPO, as_foreground, subprocess_env
 
@@ -367,6 +371,10 @@ def test_ctrl_c_keeps_every_committed_sample_and_says_how_to_continue(world: Wor
         seen.extend(processed_numbers(line))
         if len(seen) >= 4:
             proc.send_signal(signal.SIGINT)
+            # an impatient second press, while the batches generated are committed
+            for _ in range(presses - 1):
+                time.sleep(0.01)
+                proc.send_signal(signal.SIGINT)
             break
     out, err = proc.communicate(timeout=60)
     seen.extend(processed_numbers(out))
@@ -391,6 +399,7 @@ def test_ctrl_c_while_meteor_loads_says_it_commits_what_was_generated_first(
     import sys
     import time
 
+    from cobra_eval.interrupts import STILL_STOPPING
     from tests.conftest import REPO, as_foreground, subprocess_env
     from tests.stand_in import GENLOG_ENV
 
@@ -409,7 +418,13 @@ def test_ctrl_c_while_meteor_loads_says_it_commits_what_was_generated_first(
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
+    pressed = time.monotonic()
+    # an impatient second press while the stop waits for METEOR: it says so, and waits too
+    time.sleep(0.1)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
+    stopped_s = time.monotonic() - pressed
     assert proc.returncode == 130, err
     found = re.search(
         r"^Stopping: first committing the (\d+) samples already generated$", out, re.M
@@ -417,7 +432,8 @@ def test_ctrl_c_while_meteor_loads_says_it_commits_what_was_generated_first(
     assert found, out
     waiting = int(found[1])
     assert waiting >= 6
-    assert "Interrupted:" in err and "Traceback" not in err
+    assert "Interrupted:" in err and "Traceback" not in err, err
+    assert err.count(STILL_STOPPING) == 1, (err, stopped_s)
     # every sample announced was scored and committed before the process ended; on a busy
     # machine METEOR may have been ready for a batch or two before the Ctrl-C (their lines
     # came first), and the echo model may have generated all 30 by then
