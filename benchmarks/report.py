@@ -46,13 +46,18 @@ NOTES = """\
   batch 16 (as this machine's speed varied), on both cores, so the tool's work
   is not hidden behind it. The same run with an instant backend shows the tool's
   own CPU (claims, cache lookups and writes, commits, checkpoint exports: 4.6-16
-  ms per batch of 16 in the runs so far, 13-15% of the bare loop's time in every
+  ms per batch of 16 in the runs so far, 12.6-15% of the bare loop's time in every
   one: both move with the machine's speed), and that alone is about 3 times the
   5% budget. On SQLite the statements a run issues for every batch go straight
   to the driver's cursor, with SQLAlchemy's own value conversions (the store's
   sqlite_direct): that cut this CPU by 18% (8 rounds, 0.79-0.87x), measured by
   `python -m benchmarks.tool_cpu --against <a checkout of the code before>`,
-  which alternates the two so that the machine's drift falls on both. A process
+  which alternates the two so that the machine's drift falls on both. Runs whose
+  backend sleeps as long as the bare loop took a sample (a run's schedule, the
+  CPU left to the tool) show what that CPU goes to, by leaving each part out
+  (the `without` lines): the checkpoint exports at the default interval of 10
+  about a third, the generation cache about a quarter, and the rest (claims,
+  commits, parsing, tallies) is about 5% of the model's time by itself. A process
   that keeps 15% of one core busy slows the bare loop by half to more than all
   of that share (the line above the shell runs): the model leaves little of
   either core idle, so the tool's CPU comes out of generation wherever it runs.
@@ -60,7 +65,7 @@ NOTES = """\
   themselves: the loop's time outside generate calls (the model's thread
   claiming, writing each batch's outputs to the cache, handing the batch over:
   steady from repeat to repeat, as it needs no comparison with other loops;
-  2.7-3.0% since claims go a block ahead and the next block's images are hashed
+  2.7-3.7% since claims go a block ahead and the next block's images are hashed
   and looked up in the cache in the background, 4.6-5.4% before), and generate
   itself running slower inside a run than in the bare loops (the finisher's
   commits and exports and the hashing thread take CPU and the GIL from the

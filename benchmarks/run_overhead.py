@@ -17,6 +17,11 @@
    instant in-process backend (the tool's work alone), and how much a second
    process that keeps 15% of one core busy slows the bare loop (ABBA again): the
    demo model runs on both cores, so the tool's CPU comes out of generation.
+   Then what the tool's CPU is spent on: the process's CPU in the loops of runs
+   whose backend sleeps as long as the bare loop took a sample (a run's schedule:
+   the finisher keeps up with the model, and no model uses the CPU), as run,
+   without checkpoint exports (--checkpoint_interval 0), without the generation
+   cache (--no_cache) and without both, alternating in every repeat.
 3. Scoring overlapped with generation: wall time of whole demo runs as a user
    starts them (``python -m cobra_eval ... --batch_size 16``, a new process each,
    model loading included) with every metric (BLEU, METEOR, ROUGE-L, CIDEr-D;
@@ -77,17 +82,41 @@ _BUSY_LOOP = (
 
 
 class LoopClock(SilentReporter):
-    """Times a run's loop: from the method's start to its last committed sample."""
+    """Times a run's loop: from the method's start to its last committed sample.
+
+    Also the process's CPU seconds (every thread) from the method's start to the end
+    of its loop, when every batch is finished (before the final results file).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.started = self.last = 0.0
+        self.cpu_started = self.cpu = 0.0
 
     def start_method(self, method: str, total: int, done: int) -> None:
         self.started = time.perf_counter()
+        self.cpu_started = cpu_seconds()
 
     def processed(self, count: int, total: int, cached: bool = False) -> None:
         self.last = time.perf_counter()
+
+    def end_method(self) -> None:
+        self.cpu = cpu_seconds() - self.cpu_started
+
+
+class SleepingBackend(InstantBackend):
+    """InstantBackend's answers after sleeping a fixed time a sample: a model off the CPU.
+
+    A run's loop then keeps a real run's schedule (the finisher keeps up with the
+    model) and the CPU the process uses is the tool's alone.
+    """
+
+    def __init__(self, seconds_per_sample: float) -> None:
+        self.seconds_per_sample = seconds_per_sample
+
+    def generate(self, requests: Sequence[GenerationRequest], params: GenerationParams) -> list:
+        time.sleep(self.seconds_per_sample * len(requests))
+        return super().generate(requests, params)
 
 
 class TimedBackend:
@@ -121,10 +150,18 @@ def bare_generation(backend: Backend, n: int, params: GenerationParams | None = 
 
 
 def one_run(
-    backend: Backend, n: int, folder: Path, params: GenerationParams | None = None
+    backend: Backend,
+    n: int,
+    folder: Path,
+    params: GenerationParams | None = None,
+    clock: LoopClock | None = None,
+    **settings: Any,
 ) -> tuple[float, float, float]:
-    """(whole, loop, generate) wall seconds of a --metrics none run of n samples."""
-    settings = RunSettings(
+    """(whole, loop, generate) wall seconds of a --metrics none run of n samples.
+
+    settings override the run's defaults (checkpoint_interval=0, cache=False, ...).
+    """
+    run_settings = RunSettings(
         method="baseline",
         num_samples=n,
         batch_size=BATCH,
@@ -132,11 +169,12 @@ def one_run(
         output_dir=folder,
         fresh=True,
         generation=params or GenerationParams(),
+        **settings,
     )
-    clock = LoopClock()
+    clock = clock or LoopClock()
     timed = TimedBackend(backend)
     started = time.perf_counter()
-    run_evaluation(settings, backend=timed, reporter=clock)
+    run_evaluation(run_settings, backend=timed, reporter=clock)
     return time.perf_counter() - started, clock.last - clock.started, timed.seconds
 
 
@@ -203,6 +241,49 @@ def instant_cpu(n: int, repeats: int, folder: Path) -> list[float]:
         one_run(InstantBackend(), n, folder / f"instant{k}")
         seconds.append(cpu_seconds() - before)
     return seconds
+
+
+#: Runs whose loop CPU is compared: (what is left out, the flag that does it, its settings).
+PARTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("nothing", "", {}),
+    ("checkpoint exports", "--checkpoint_interval 0", {"checkpoint_interval": 0}),
+    ("the generation cache", "--no_cache: each batch finished before the next", {"cache": False}),
+    ("both", "", {"checkpoint_interval": 0, "cache": False}),
+]
+
+
+def cpu_by_part(
+    n: int, repeats: int, folder: Path, seconds_per_sample: float
+) -> dict[str, list[float]]:
+    """Loop CPU seconds of runs whose model sleeps, by what they leave out (PARTS alternate)."""
+    backend = SleepingBackend(seconds_per_sample)
+    spent: dict[str, list[float]] = {left_out: [] for left_out, _, _ in PARTS}
+    for k in range(repeats):
+        for j, (left_out, _, settings) in enumerate(PARTS):
+            clock = LoopClock()
+            one_run(backend, n, folder / f"part{k}{j}", clock=clock, **settings)
+            spent[left_out].append(clock.cpu)
+    return spent
+
+
+def report_parts(spent: dict[str, list[float]], n: int, seconds_per_sample: float) -> None:
+    """The tool's CPU in a run's loop, whole and what its exports and its cache take of it."""
+
+    def shown(values: list[float]) -> str:
+        return f"{statistics.median(values):.3f} s ({min(values):.3f}-{max(values):.3f})"
+
+    whole = statistics.median(spent["nothing"])
+    print(f"tool CPU in the loop of a run whose model sleeps {seconds_per_sample * 1000:.2f} ms "
+          f"a sample (the bare loop's time: a run's schedule, with the CPU left to the tool), "
+          f"{n} samples: {shown(spent['nothing'])}, "
+          f"{whole / (n * seconds_per_sample) * 100:.1f}% of the model's time")  # fmt: skip
+    for left_out, flag, _ in PARTS[1:3]:
+        rest = statistics.median(spent[left_out])
+        print(
+            f"  without {left_out} ({flag}): {shown(spent[left_out])}; {left_out} "
+            f"{whole - rest:.3f} s, {(whole - rest) / whole * 100:.0f}% of the tool's CPU"
+        )
+    print(f"  without both (left: claims, commits, parsing, tallies): {shown(spent['both'])}")
 
 
 def busy_generation(backend: Backend, n: int) -> float:
@@ -298,6 +379,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         overhead = measure_overhead(backend, n, args.repeats, Path(tmp))
         tool_cpu = instant_cpu(n, args.repeats, Path(tmp))
+        per_sample = statistics.median(overhead.bare) / n
+        parts = cpu_by_part(n, args.repeats, Path(tmp), per_sample)
         for _ in range(max(args.repeats // 2, 1)):
             # bare, busy, busy, bare: as above, a drift cancels
             first = bare_generation(backend, n)
@@ -317,14 +400,15 @@ def main() -> None:
         scoring = scoring_cpu(captions)
         exits: dict[bool, list[float]] = {False: [], True: []}
         for k in range(args.repeats):
-            for thaw, times in exits.items():
-                times.append(exit_seconds(EXIT_SAMPLES, Path(tmp) / f"exit{k}{thaw}", thaw=thaw))
+            for thaw, seconds in exits.items():
+                seconds.append(exit_seconds(EXIT_SAMPLES, Path(tmp) / f"exit{k}{thaw}", thaw=thaw))
     print(f"{n} demo samples at batch {BATCH}, {args.repeats} repeats (median, min-max)")
     overhead.report()
     cpu = statistics.median(tool_cpu)
     print(f"tool CPU of the same run with an instant backend (no model): {show(tool_cpu)}; "
           f"{cpu / statistics.median(overhead.bare) * 100:.1f}% of the bare generation's "
           "time")  # fmt: skip
+    report_parts(parts, n, per_sample)
     print(f"bare generation slowed by a process busy {BUSY_SHARE:.0%} of one core: "
           f"{statistics.median(busy):.1f}% ({percents(busy)})")  # fmt: skip
     none_wall = statistics.median(t[0] for t in cli["none"])
