@@ -28,6 +28,7 @@ from cobra_eval.store.checkpoint_io import ResultRecord
 from cobra_eval.store.models import utcnow
 from cobra_eval.store.scores import (
     ScoreUpdate,
+    StoredScore,
     latest_corpus_metrics,
     note_rescored,
     record_corpus_metrics,
@@ -89,10 +90,23 @@ class MethodScores:
                 stale.append(image_id)
             else:
                 self.add(image_id, SampleScore(dict(entry.metrics), dict(entry.scoring or {})))
+        rescored = self._rescore(stale, stored)
+        if rescored:
+            self.reporter.message(
+                f"Rescored {rescored} earlier samples of {self.method.name} against the "
+                f"{self.scorer.planned} planned samples' references (CIDEr-D document "
+                "frequencies)"
+            )
+        return rescored
+
+    def _rescore(self, stale: Sequence[int], stored: Mapping[int, StoredScore]) -> int:
+        """Score these stored results again for this run's metrics; record and pool them."""
         if not stale:
             return 0
         wanted = set(stale)
-        results = [r for r in self.store.results(self.run_id, self.method.name)
+        # a few (another worker's latest) are read by id; many, in one pass over all
+        few = wanted if len(wanted) <= RESCORE_CHUNK else None
+        results = [r for r in self.store.results(self.run_id, self.method.name, only=few)
                    if r.image_id in wanted]  # fmt: skip
         updates = {}
         for start in range(0, len(results), RESCORE_CHUNK):
@@ -122,10 +136,6 @@ class MethodScores:
         planned = self.scorer.document_frequency
         if planned is not None:
             note_rescored(self.store, self.run_id, planned.n_images, self.method.name, len(updates))
-        self.reporter.message(
-            f"Rescored {len(updates)} earlier samples of {self.method.name} against the "
-            f"{self.scorer.planned} planned samples' references (CIDEr-D document frequencies)"
-        )
         return len(updates)
 
     def refreshed_metadata(
@@ -170,10 +180,22 @@ class MethodScores:
         since = None if complete else self.loaded_at - LATE_COMMIT
         others = stored_scores(self.store, self.run_id, self.method.name,
                                since=since, other_than=self.worker)  # fmt: skip
+        # committed without what this worker pools (a worker with fewer metrics or none, an
+        # import): scored here, as load scores those committed before it started
+        stale = []
         for image_id, entry in others.items():
-            if image_id in self.samples and image_id not in self.scored and entry.scoring \
-                    and self.scorer.covers(entry.scoring):  # fmt: skip
+            if image_id not in self.samples or image_id in self.scored:
+                continue
+            if entry.scoring and self.scorer.covers(entry.scoring):
                 self.add(image_id, SampleScore(dict(entry.metrics), dict(entry.scoring)))
+            else:
+                stale.append(image_id)
+        scored = self._rescore(stale, others)
+        if scored:
+            self.reporter.message(
+                f"Scored {scored} samples of {self.method.name} that other workers "
+                f"committed without {', '.join(self.metrics)}"
+            )
 
     def final(self, *, reuse: bool) -> CorpusScores | None:
         """Corpus metrics of the method's successful results in this selection.

@@ -332,6 +332,51 @@ def subprocess_pid_gone() -> int:
     return child.pid
 
 
+def _wait_for(condition: Any, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not condition():
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_results_another_worker_commits_without_the_metrics_are_scored(world: World, cli) -> None:
+    log = world.root / "generations.log"
+    bare = start_worker(world, log)  # --metrics none: its results carry no scores
+
+    def committed_by(worker: subprocess.Popen[str]) -> int:
+        if not (world.db_exists() and world.has_table("sample_result")):
+            return 0
+        who = f"{user_at_host()}:{worker.pid}"
+        return world.rows("SELECT COUNT(*) FROM sample_result WHERE worker = ?", who)[0][0]
+
+    try:
+        _wait_for(lambda: committed_by(bare) >= 4)
+        scoring = start_worker(world, log, "--metrics", "bleu")
+        # the scoring worker has read the stored scores (and scored those four) and runs;
+        # the bare one commits more from then on, which it must take in as it goes
+        _wait_for(lambda: committed_by(scoring) >= 4)
+        later = committed_by(bare) + 4
+        _wait_for(lambda: committed_by(bare) >= later)
+        assert bare.poll() is None and scoring.poll() is None
+    finally:
+        bare.send_signal(signal.SIGKILL)
+        bare.wait()
+    out, err = scoring.communicate(timeout=180)
+    assert scoring.returncode == 0, err
+    assert "that other workers committed without bleu" in out
+    # the final corpus score pools every result, the bare worker's too
+    final = world.rows("SELECT n_samples FROM corpus_metric WHERE scope = 'final' "
+                       "AND metric = 'Bleu_4'")  # fmt: skip
+    assert final == [(N,)]
+    assert world.rows("SELECT COUNT(*) FROM sample_result") == [(N,)]
+    assert all(
+        "Bleu_4" in json.loads(m) for (m,) in world.rows("SELECT metrics FROM sample_result")
+    )
+    done = load_json(world.method_dir("shared", "baseline") / "results_baseline.json")
+    assert len(done["results"]) == N
+    assert all("Bleu_4" in r["metrics"] for r in done["results"])
+
+
 def test_a_run_being_run_is_not_rescored_until_its_worker_stops(world: World, cli) -> None:
     log = world.root / "generations.log"
     worker = start_worker(world, log)

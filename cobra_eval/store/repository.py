@@ -9,7 +9,7 @@ from __future__ import annotations
 import array
 import hashlib
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -576,8 +576,10 @@ class Store:
         with self.reader.connect() as conn:
             return conn.execute(query).first() is not None
 
-    def results(self, run_id: str, method: str) -> Iterator[ResultRecord]:
-        """A method's results in plan order, as they appear in exports."""
+    def results(
+        self, run_id: str, method: str, *, only: Collection[int] | None = None
+    ) -> Iterator[ResultRecord]:
+        """A method's results in plan order, as they appear in exports (only: of these ids)."""
         position = (
             select(PLAN.c.position)
             .where(PLAN.c.run_id == RESULT.c.run_id, PLAN.c.image_id == RESULT.c.image_id)
@@ -595,6 +597,8 @@ class Store:
             .where(RESULT.c.run_id == run_id, RESULT.c.method == method)
             .order_by(func.coalesce(position, 2**62), RESULT.c.id)
         )
+        if only is not None:
+            query = query.where(RESULT.c.image_id.in_(sorted(only)))
         with self.reader.connect() as conn:
             for row in conn.execute(query):
                 yield ResultRecord.model_construct(
