@@ -339,7 +339,7 @@ def _wait_for(condition: Any, seconds: float = 60) -> None:
 
 
 @pytest.mark.slow
-def test_results_another_worker_commits_without_the_metrics_are_scored(world: World, cli) -> None:
+def test_results_another_worker_commits_without_the_metrics_are_scored(world: World) -> None:
     log = world.root / "generations.log"
     bare = start_worker(world, log)  # --metrics none: its results carry no scores
 
