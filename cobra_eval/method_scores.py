@@ -86,7 +86,7 @@ class MethodScores:
             entry = stored.get(image_id)
             if entry is None:
                 continue
-            if self.scorer.available and not (entry.scoring and self.scorer.covers(entry.scoring)):
+            if self.scorer.available and not self.scorer.covers(entry.metrics, entry.scoring):
                 stale.append(image_id)
             else:
                 self.add(image_id, SampleScore(dict(entry.metrics), dict(entry.scoring or {})))
@@ -181,14 +181,15 @@ class MethodScores:
         others = stored_scores(self.store, self.run_id, self.method.name,
                                since=since, other_than=self.worker)  # fmt: skip
         # committed without what this worker pools (a worker with fewer metrics or none, an
-        # import): scored here, as load scores those committed before it started
+        # import): scored here, as load scores those committed before it started; CIDEr-D
+        # scored against another planned set (a worker that extended the run) is left alone
         stale = []
         for image_id, entry in others.items():
             if image_id not in self.samples or image_id in self.scored:
                 continue
-            if entry.scoring and self.scorer.covers(entry.scoring):
-                self.add(image_id, SampleScore(dict(entry.metrics), dict(entry.scoring)))
-            else:
+            if self.scorer.covers(entry.metrics, entry.scoring):
+                self.add(image_id, SampleScore(dict(entry.metrics), dict(entry.scoring or {})))
+            elif self.scorer.lacks(entry.metrics, entry.scoring):
                 stale.append(image_id)
         scored = self._rescore(stale, others)
         if scored:

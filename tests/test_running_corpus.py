@@ -137,6 +137,24 @@ def test_document_frequencies_are_stored_and_an_extension_rescores_earlier_sampl
     assert "Rescored" not in again.output
 
 
+def test_rouge_added_later_is_filled_in_not_counted_as_zero(world: World, cli) -> None:
+    base = ("--method", "baseline", "--run_id", "r")
+    first = cli(*world.run_args(*base, "--num_samples", "4", "--metrics", "bleu"))
+    assert first.exit_code == 0, first.output
+    more = cli(*world.run_args(*base, "--num_samples", "8", "--metrics", "bleu,rouge"))
+    assert more.exit_code == 0, more.output
+    assert "Rescored 4 earlier samples of baseline" in more.output
+    assert all(
+        "ROUGE_L" in json.loads(m) for (m,) in world.rows("SELECT metrics FROM sample_result")
+    )
+    results = load_json(world.method_dir("r", "baseline") / "results_baseline.json")["results"]
+    [(stored,)] = world.rows(
+        "SELECT value FROM corpus_metric WHERE scope = 'final' AND metric = 'ROUGE_L'"
+    )
+    # the first four samples pooled with their own ROUGE-L, not as 0
+    assert stored == pytest.approx(official(results)["ROUGE_L"], abs=1e-12)
+
+
 def test_metrics_added_later_are_filled_in_and_passes_rescored(world: World, cli) -> None:
     base = ("--method", "scratchpad_compare", "--num_samples", "4", "--run_id", "m")
     first = cli(*world.run_args(*base, "--metrics", "bleu"))

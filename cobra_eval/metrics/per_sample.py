@@ -331,14 +331,27 @@ class SampleScorer:
         out.scores = {k: v for k, v in scores.items() if not math.isnan(v)}
         return out
 
-    def covers(self, detail: Mapping[str, Any]) -> bool:
-        """Whether a stored detail has everything this scorer's corpus scores need."""
-        need = {"bleu": "bleu", "meteor": "meteor"}
-        if any(key not in detail for group, key in need.items() if group in self.groups):
+    def covers(self, scores: Mapping[str, Any], detail: Mapping[str, Any] | None) -> bool:
+        """Whether a stored result's scores and detail hold what its corpus scores need."""
+        if self.lacks(scores, detail):
             return False
         if "cider" in self.groups and self.available:
-            return detail.get("cider_planned") == self.planned
+            return (detail or {}).get("cider_planned") == self.planned
         return True
+
+    def lacks(self, scores: Mapping[str, Any], detail: Mapping[str, Any] | None) -> bool:
+        """Whether a stored result was scored without a metric this scorer pools.
+
+        Fewer metrics, none, or imported (no detail stored); CIDEr-D scored against
+        another planned set is not lacking.
+        """
+        if not detail:
+            return True
+        need = {"bleu": "bleu", "meteor": "meteor", "cider": "cider_planned"}
+        if any(key not in detail for group, key in need.items() if group in self.groups):
+            return True
+        # ROUGE-L's corpus score is the mean of the samples' own: one without it would count 0
+        return "rouge" in self.groups and "ROUGE_L" not in scores
 
     def corpus(self, samples: Sequence[SampleScore | CorpusPart]) -> dict[str, float]:
         """Corpus scores of scored samples, pooled as pycocoevalcap pools a batch of them."""
