@@ -92,6 +92,9 @@ class MethodScores:
                 self.add(image_id, SampleScore(dict(entry.metrics), dict(entry.scoring or {})))
         rescored = self._rescore(stale, stored)
         if rescored:
+            planned = self.scorer.document_frequency
+            if planned is not None:
+                note_rescored(self.store, self.run_id, planned.n_images, self.method.name, rescored)
             self.reporter.message(
                 f"Rescored {rescored} earlier samples of {self.method.name} against the "
                 f"{self.scorer.planned} planned samples' references (CIDEr-D document "
@@ -100,7 +103,7 @@ class MethodScores:
         return rescored
 
     def _rescore(self, stale: Sequence[int], stored: Mapping[int, StoredScore]) -> int:
-        """Score these stored results again for this run's metrics; record and pool them."""
+        """Score these stored results again for this run's metrics; store and pool them."""
         if not stale:
             return 0
         wanted = set(stale)
@@ -133,9 +136,6 @@ class MethodScores:
                 )
                 self.add(result.image_id, merged)
         update_scores(self.store, self.run_id, self.method.name, updates)
-        planned = self.scorer.document_frequency
-        if planned is not None:
-            note_rescored(self.store, self.run_id, planned.n_images, self.method.name, len(updates))
         return len(updates)
 
     def refreshed_metadata(
