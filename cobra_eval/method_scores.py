@@ -95,12 +95,23 @@ class MethodScores:
             planned = self.scorer.document_frequency
             if planned is not None:
                 note_rescored(self.store, self.run_id, planned.n_images, self.method.name, rescored)
+            why = self._why(stale, stored)
             self.reporter.message(
-                f"Rescored {rescored} earlier samples of {self.method.name} against the "
-                f"{self.scorer.planned} planned samples' references (CIDEr-D document "
-                "frequencies)"
+                f"Rescored {rescored} earlier samples of {self.method.name} {why}"
             )
         return rescored
+
+    def _why(self, stale: Sequence[int], stored: Mapping[int, StoredScore]) -> str:
+        """Why stored results were scored again: metrics they lacked, or another planned set."""
+        lacking = sum(self.scorer.lacks(stored[i].metrics, stored[i].scoring) for i in stale)
+        replanned = (
+            f"against the {self.scorer.planned} planned samples' references (CIDEr-D "
+            "document frequencies)"
+        )
+        if not lacking:
+            return replanned
+        without = f"scored without some of {', '.join(self.metrics)}"
+        return f"({without})" if lacking == len(stale) else f"({without}, or {replanned})"
 
     def _rescore(self, stale: Sequence[int], stored: Mapping[int, StoredScore]) -> int:
         """Score these stored results again for this run's metrics; store and pool them."""
