@@ -28,8 +28,8 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check cobra_eval tests migrations
-	$(VENV)/bin/ruff format --check cobra_eval tests migrations
+	$(VENV)/bin/ruff check cobra_eval tests migrations benchmarks
+	$(VENV)/bin/ruff format --check cobra_eval tests migrations benchmarks
 	$(VENV)/bin/mypy
 
 format: $(STAMP)

@@ -33,7 +33,7 @@ def main() -> None:
     params = GenerationParams(max_new_tokens=32)
     backend.generate(requests[:2], params)  # load weights before timing
 
-    outputs: dict[int, list[str]] = {}
+    outputs: dict[int, list[str | Exception]] = {}
     medians: dict[int, float] = {}
     print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}; date: {date.today()}")
     print("| batch size | samples/s (median) | min-max | samples |")
@@ -42,7 +42,7 @@ def main() -> None:
         rates = []
         for _ in range(args.repeats):
             started = time.perf_counter()
-            texts: list[str] = []
+            texts: list[str | Exception] = []
             for i in range(0, len(requests), batch):
                 texts += backend.generate(requests[i : i + batch], params)
             rates.append(len(requests) / (time.perf_counter() - started))

@@ -33,6 +33,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -125,6 +126,11 @@ def per_metric(candidates: dict[int, str], references: dict[int, list[str]], rep
         )
 
 
+def _evaluated(meteor: MeteorProcess, lines: list[str]) -> Any:
+    """METEOR's corpus score of these statistics lines, by one EVAL of them all."""
+    return meteor.evaluate(lines)[0]
+
+
 def meteor_checkpoint(
     candidates: dict[int, str], references: dict[int, list[str]], repeats: int
 ) -> None:
@@ -136,10 +142,8 @@ def meteor_checkpoint(
             lines = stats[:n]
             # a run parses each sample's line once, as it lands (CorpusPart.meteor_counts)
             counts = [stats_counts(line) for line in lines]
-            every_t, every = timed(lambda lines=lines: meteor.evaluate(lines)[0], repeats)
-            summed_t, summed = timed(
-                lambda lines=lines, counts=counts: meteor.corpus(lines, counts), repeats
-            )
+            every_t, every = timed(functools.partial(_evaluated, meteor, lines), repeats)
+            summed_t, summed = timed(functools.partial(meteor.corpus, lines, counts), repeats)
             print(
                 f"METEOR corpus score at a checkpoint of {n} samples: summed statistics "
                 f"{spread(summed_t, 'ms', 1000)}; EVAL of every line "

@@ -103,7 +103,8 @@ def planning_cost(folder: Path, planned: int, repeats: int) -> tuple[list[float]
                 for i in range(done)]  # fmt: skip
         with store.engine.begin() as conn:
             conn.execute(insert(RESULT), rows)
-        resumed_ms, from_start_ms = [], []
+        resumed_ms: list[float] = []
+        from_start_ms: list[float] = []
         for k in range(repeats):
             resumed = ClaimCursor(position=done - 1)  # as runner starts it
             for cursor, times in ((resumed, resumed_ms), (None, from_start_ms)):
