@@ -23,13 +23,11 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run_overhead import BATCH, cli_run, show
-from cobra_eval.backends import BackendOptions, GenerationRequest
-from cobra_eval.config import GenerationParams
+from benchmarks.run_overhead import BATCH, SleepingBackend, cli_run, show
+from cobra_eval.backends import BackendOptions
 from cobra_eval.metrics.meteor import MeteorProcess
 
 #: The sleep per sample: the demo model's time per caption at batch 16 on this machine.
@@ -38,20 +36,18 @@ BACKEND = ["--backend", "benchmarks.offcpu_overlap:OffCpuBackend"]
 METRICS = ("bleu,meteor,rouge,cider", "bleu,rouge,cider", "none")
 
 
-class OffCpuBackend:
-    """Answers after sleeping SECONDS_PER_SAMPLE a sample: the CPU is left to the tool."""
+class OffCpuBackend(SleepingBackend):
+    """Answers after sleeping SECONDS_PER_SAMPLE a sample: the CPU is left to the tool.
+
+    Loaded by the CLI (``--backend benchmarks.offcpu_overlap:OffCpuBackend``).
+    """
 
     def __init__(self, options: BackendOptions | None = None):
+        super().__init__(SECONDS_PER_SAMPLE)
         self.options = options
 
     def identity(self) -> dict[str, Any]:
         return {"name": "off-cpu", "revision": "1"}
-
-    def generate(
-        self, requests: Sequence[GenerationRequest], params: GenerationParams
-    ) -> list[str]:
-        time.sleep(SECONDS_PER_SAMPLE * len(requests))
-        return [f"a red circle above a blue square {r.image_path.stem}" for r in requests]
 
 
 def meteor_alone(results_file: Path) -> tuple[float, float]:

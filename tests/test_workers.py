@@ -338,25 +338,28 @@ def _wait_for(condition: Any, seconds: float = 60) -> None:
         time.sleep(0.05)
 
 
+def _committed(world: World, by: subprocess.Popen[str] | None = None) -> int:
+    """Results committed so far (by one worker process), 0 before the database exists."""
+    if not (world.db_exists() and world.has_table("sample_result")):
+        return 0
+    if by is None:
+        return world.rows("SELECT COUNT(*) FROM sample_result")[0][0]
+    who = f"{user_at_host()}:{by.pid}"
+    return world.rows("SELECT COUNT(*) FROM sample_result WHERE worker = ?", who)[0][0]
+
+
 @pytest.mark.slow
 def test_results_another_worker_commits_without_the_metrics_are_scored(world: World) -> None:
     log = world.root / "generations.log"
     bare = start_worker(world, log)  # --metrics none: its results carry no scores
-
-    def committed_by(worker: subprocess.Popen[str]) -> int:
-        if not (world.db_exists() and world.has_table("sample_result")):
-            return 0
-        who = f"{user_at_host()}:{worker.pid}"
-        return world.rows("SELECT COUNT(*) FROM sample_result WHERE worker = ?", who)[0][0]
-
     try:
-        _wait_for(lambda: committed_by(bare) >= 4)
+        _wait_for(lambda: _committed(world, bare) >= 4)
         scoring = start_worker(world, log, "--metrics", "bleu")
         # the scoring worker has read the stored scores (and scored those four) and runs;
         # the bare one commits more from then on, which it must take in as it goes
-        _wait_for(lambda: committed_by(scoring) >= 4)
-        later = committed_by(bare) + 4
-        _wait_for(lambda: committed_by(bare) >= later)
+        _wait_for(lambda: _committed(world, scoring) >= 4)
+        later = _committed(world, bare) + 4
+        _wait_for(lambda: _committed(world, bare) >= later)
         assert bare.poll() is None and scoring.poll() is None
     finally:
         bare.send_signal(signal.SIGKILL)
@@ -381,13 +384,7 @@ def test_a_run_being_run_is_not_rescored_until_its_worker_stops(world: World, cl
     log = world.root / "generations.log"
     worker = start_worker(world, log)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (
-            world.db_exists()
-            and world.has_table("sample_result")
-            and world.rows("SELECT COUNT(*) FROM sample_result")[0][0] >= 4
-        ):
-            time.sleep(0.05)
+        _wait_for(lambda: _committed(world) >= 4)
         assert worker.poll() is None, worker.communicate()
         score = ("score", "--run", "shared", "--output_dir", str(world.out), *world.db_args,
                  "--metrics", "bleu")  # fmt: skip
