@@ -139,13 +139,16 @@ class TimedBackend:
             self.seconds += time.perf_counter() - started
 
 
-def bare_generation(backend: Backend, n: int, params: GenerationParams | None = None) -> float:
+def bare_generation(
+    backend: Backend, n: int, params: GenerationParams | None = None, batch: int = BATCH
+) -> float:
+    """Wall seconds of the backend's generate calls alone over n demo samples, batch at a time."""
     samples = select_samples(load_dataset("demo"), n).samples
     requests = [GenerationRequest(image_path=s.image_path, prompt=PROMPT) for s in samples]
     params = params or GenerationParams()
     started = time.perf_counter()
-    for i in range(0, len(requests), BATCH):
-        backend.generate(requests[i : i + BATCH], params)
+    for i in range(0, len(requests), batch):
+        backend.generate(requests[i : i + batch], params)
     return time.perf_counter() - started
 
 
@@ -155,6 +158,7 @@ def one_run(
     folder: Path,
     params: GenerationParams | None = None,
     clock: LoopClock | None = None,
+    batch: int = BATCH,
     **settings: Any,
 ) -> tuple[float, float, float]:
     """(whole, loop, generate) wall seconds of a --metrics none run of n samples.
@@ -164,7 +168,7 @@ def one_run(
     run_settings = RunSettings(
         method="baseline",
         num_samples=n,
-        batch_size=BATCH,
+        batch_size=batch,
         metrics=parse_metric_list("none"),
         output_dir=folder,
         fresh=True,
@@ -209,15 +213,23 @@ class Overhead:
 
 
 def measure_overhead(
-    backend: Backend, n: int, repeats: int, folder: Path, params: GenerationParams | None = None
+    backend: Backend,
+    n: int,
+    repeats: int,
+    folder: Path,
+    params: GenerationParams | None = None,
+    batch: int = BATCH,
 ) -> Overhead:
     """The tool's overhead on this backend: runs against the bare loop, ABBA per repeat."""
     out = Overhead()
     for k in range(repeats):
         os.sync()
-        first = bare_generation(backend, n, params)
-        runs = [one_run(backend, n, folder / f"run{k}{j}", params) for j in range(2)]
-        last = bare_generation(backend, n, params)
+        first = bare_generation(backend, n, params, batch)
+        runs = [
+            one_run(backend, n, folder / f"run{batch}-{k}{j}", params, batch=batch)
+            for j in range(2)
+        ]
+        last = bare_generation(backend, n, params, batch)
         out.bare += [first, last]
         out.whole += [r[0] for r in runs]
         out.loop += [r[1] for r in runs]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from transformers import GenerationConfig, LlavaConfig
 
-from benchmarks.report import TARGETS, parse_log, render
+from benchmarks.report import GPU_SECTION, TARGETS, parse_log, render
 from benchmarks.scaled_overhead import TOKENS, build_model
 from cobra_eval.backends import BackendOptions, GenerationRequest, create_backend
 from cobra_eval.config import GenerationParams
@@ -68,3 +68,14 @@ def test_the_scaled_benchmark_model_loads_as_any_local_model_with_fixed_length_o
     loaded = LlavaConfig.from_pretrained(folder).text_config
     assert (loaded.hidden_size, loaded.num_hidden_layers) == (128, 4)
     assert GenerationConfig.from_pretrained(folder).min_new_tokens == TOKENS
+
+
+def test_gpu_figures_are_included_marked_with_their_device_or_said_to_be_missing() -> None:
+    outputs = parse_log(LOG)
+    without = render(outputs, datetime(2026, 12, 2, 12, 0))
+    assert "No GPU has been lent" in without and GPU_SECTION not in without
+    gpu = "device: NVIDIA H200, 143771 MiB, 580.159.04\n| 32 | 128 | 15.10 | 14.90 | 1.3% |\n"
+    page = render(outputs, datetime(2026, 12, 2, 12, 0), gpu)
+    assert "No GPU has been lent" not in page
+    section = page.split(f"## {GPU_SECTION}", 1)[1]
+    assert "`bash benchmarks/gpu_scale.sh`" in section and gpu.rstrip() in section

@@ -85,7 +85,7 @@ class MeteorProcess:
         self._jvm = Jvm(
             lambda: ["java", *JVM_OPTIONS, "-jar", "-Xmx2G", "meteor-1.5.jar", "-", "-",
                      "-stdio", "-l", "en", "-lower", *self._paraphrase_args()],
-            cwd=pycocoevalcap_dir() / "meteor",
+            cwd=lambda: pycocoevalcap_dir() / "meteor",
         )  # fmt: skip
         self._lock = threading.Lock()
         #: the table cut to the references (None: the whole table), once prepared

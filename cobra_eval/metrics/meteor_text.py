@@ -59,8 +59,11 @@ class Jvm:
     """One JVM answering on its stdout: started on first use (again after it died), killed
     by kill. The caller serializes its use."""
 
-    def __init__(self, command: Callable[[], list[str]], cwd: Path | None = None):
-        """command: made when the JVM starts (its arguments may depend on what is ready)."""
+    def __init__(
+        self, command: Callable[[], list[str]], cwd: Callable[[], Path] | None = None
+    ) -> None:
+        """command, cwd: made when the JVM starts (its arguments may depend on what is
+        ready; a run that never starts it needs none of pycocoevalcap's files)."""
         self.command, self.cwd = command, cwd
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -73,8 +76,9 @@ class Jvm:
     def running(self) -> subprocess.Popen[bytes]:
         """The process, started if it is not running."""
         if self._proc is None or self._proc.poll() is not None:
+            cwd = self.cwd() if self.cwd else None
             self._proc = subprocess.Popen(
-                self.command(), cwd=self.cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                self.command(), cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
         return self._proc
