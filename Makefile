@@ -33,8 +33,8 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format cobra_eval tests migrations
-	$(VENV)/bin/ruff check --fix cobra_eval tests migrations
+	$(VENV)/bin/ruff format cobra_eval tests migrations benchmarks
+	$(VENV)/bin/ruff check --fix cobra_eval tests migrations benchmarks
 
 ## every method on 50 held-out images of the bundled demo world with the bundled demo model;
 ## run it again and it resumes the finished run (nothing left to generate)
