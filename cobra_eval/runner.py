@@ -638,7 +638,10 @@ class _MethodLoop:
                     "passes": done,
                 },
             )
-            out.append(CommitItem(record, latency, scores[k].detail or None))
+            # scored (metrics asked for): its statistics, none for ROUGE-L alone, which pools
+            # the samples' own scores; None marks a result that was not scored
+            scoring = dict(scores[k].detail) if self.scores.metrics else None
+            out.append(CommitItem(record, latency, scoring))
         return out
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cobra_eval.metrics.per_sample import DocumentFrequency
-from tests.conftest import World, load_json
+from tests.conftest import World, load_json, run_cli_process
 
 pytestmark = pytest.mark.databases
 
@@ -155,6 +156,37 @@ def test_rouge_added_later_is_filled_in_not_counted_as_zero(world: World, cli) -
     )
     # the first four samples pooled with their own ROUGE-L, not as 0
     assert stored == pytest.approx(official(results)["ROUGE_L"], abs=1e-12)
+
+
+def test_a_rouge_only_run_has_corpus_scores_and_is_not_rescored_when_it_continues(
+    world: World, cli
+) -> None:
+    # ROUGE-L pools the samples' own scores: its results keep no statistics, and were
+    # neither pooled (no corpus scores at all) nor trusted when the run continued
+    base = ("--method", "baseline", "--run_id", "r", "--metrics", "rouge")
+    final = world.method_dir("r", "baseline") / "results_baseline.json"
+    for n in (4, 8):
+        done = cli(*world.run_args(*base, "--num_samples", str(n)))
+        assert done.exit_code == 0, done.output
+        assert "Rescored" not in done.output
+        written = load_json(final)
+        assert written["corpus_metrics"]["n_samples"] == n
+        expected = official(written["results"])["ROUGE_L"]
+        assert written["corpus_metrics"]["scores"]["ROUGE_L"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_metrics_asked_for_without_java_are_reported_unavailable(
+    world: World, tmp_path: Path
+) -> None:
+    no_java = tmp_path / "bin"  # a PATH without java
+    no_java.mkdir()
+    args = world.run_args("--num_samples", "3", "--metrics", "bleu,rouge")
+    done = run_cli_process(*args, PATH=str(no_java))
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout + done.stderr
+    for name in ("BLEU", "ROUGE"):
+        assert f"{name} unavailable: Java is not installed (the COCO scorers need it)" in printed
+    assert world.rows("SELECT count(*) FROM sample_result WHERE status = 'ok'") == [(3,)]
 
 
 def test_metrics_added_later_are_filled_in_and_passes_rescored(world: World, cli) -> None:

@@ -343,12 +343,11 @@ class SampleScorer:
         """Whether a stored result was scored without a metric this scorer pools.
 
         Fewer metrics, none, or imported (no detail stored); CIDEr-D scored against
-        another planned set is not lacking.
+        another planned set is not lacking. ROUGE-L needs no detail: a run of it alone
+        stores none, and its results are not scored again when it continues.
         """
-        if not detail:
-            return True
         need = {"bleu": "bleu", "meteor": "meteor", "cider": "cider_planned"}
-        if any(key not in detail for group, key in need.items() if group in self.groups):
+        if any(key not in (detail or {}) for group, key in need.items() if group in self.groups):
             return True
         # ROUGE-L's corpus score is the mean of the samples' own: one without it would count 0
         return "rouge" in self.groups and "ROUGE_L" not in scores
