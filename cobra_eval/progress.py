@@ -134,19 +134,23 @@ def generation_lines(summary: Any) -> list[str]:
 
 
 def metrics_table(summary: Any) -> list[str]:
-    """Corpus metrics of every method as aligned lines, then what was unavailable and why."""
-    scored = [m for m in summary.methods if m.corpus is not None and m.corpus.n]
-    if not scored:
-        return []
-    names = list(dict.fromkeys(k for m in scored for k in m.corpus.scores))
-    width = max(len("method"), *(len(m.method) for m in scored))
-    lines = ["Corpus metrics:", "  " + "method".ljust(width) + "      n" +
-             "".join(f"{n:>9}" for n in names)]  # fmt: skip
-    for m in scored:
-        values = "".join(
-            f"{m.corpus.scores[n]:>9.3f}" if n in m.corpus.scores else f"{'-':>9}" for n in names
-        )
-        lines.append(f"  {m.method.ljust(width)} {m.corpus.n:>6}{values}")
-    reasons = {name: why for m in scored for name, why in m.corpus.unavailable.items()}
-    lines += [f"{name.upper()} unavailable: {why}" for name, why in reasons.items()]
-    return lines
+    """Corpus metrics of every method as aligned lines, then what was unavailable and why.
+
+    No table when nothing could be scored (no Java, say): the reasons alone.
+    """
+    asked = [m for m in summary.methods if m.corpus is not None]
+    scored = [m for m in asked if m.corpus.n and m.corpus.scores]
+    lines = []
+    if scored:
+        names = list(dict.fromkeys(k for m in scored for k in m.corpus.scores))
+        width = max(len("method"), *(len(m.method) for m in scored))
+        lines = ["Corpus metrics:", "  " + "method".ljust(width) + "      n" +
+                 "".join(f"{n:>9}" for n in names)]  # fmt: skip
+        for m in scored:
+            values = "".join(
+                f"{m.corpus.scores[n]:>9.3f}" if n in m.corpus.scores else f"{'-':>9}"
+                for n in names
+            )
+            lines.append(f"  {m.method.ljust(width)} {m.corpus.n:>6}{values}")
+    reasons = {name: why for m in asked for name, why in m.corpus.unavailable.items()}
+    return lines + [f"{name.upper()} unavailable: {why}" for name, why in reasons.items()]

@@ -186,6 +186,7 @@ def test_metrics_asked_for_without_java_are_reported_unavailable(
     printed = done.stdout + done.stderr
     for name in ("BLEU", "ROUGE"):
         assert f"{name} unavailable: Java is not installed (the COCO scorers need it)" in printed
+    assert "Corpus metrics:" not in printed  # a table of no scores says nothing
     assert world.rows("SELECT count(*) FROM sample_result WHERE status = 'ok'") == [(3,)]
 
 
