@@ -505,6 +505,11 @@ def score_command(
             with Store.open(resolve_url(db, output_dir), create=False) as store:
                 label = _only_method(store, run_id, method)
                 scored = rescore_stored(store, run_id, label, groups)
+        corpus = scored.corpus
+        if corpus.n and not corpus.scores and corpus.unavailable:
+            # the command's one job: a script must see that it did nothing
+            why = "; ".join(f"{g.upper()} unavailable: {r}" for g, r in corpus.unavailable.items())
+            raise CobraEvalError(f"nothing could be scored: {why}")
     if fmt == "json":
         payload: dict[str, Any] = {
             "method": label,

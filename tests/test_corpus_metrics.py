@@ -13,7 +13,7 @@ from cobra_eval.backends import BackendOptions, GenerationRequest
 from cobra_eval.config import GenerationParams
 from cobra_eval.errors import BackendError
 from cobra_eval.metrics import score_corpus
-from tests.conftest import World
+from tests.conftest import World, run_cli_process
 from tests.stand_in import EchoBackend
 
 pytestmark = pytest.mark.databases
@@ -277,6 +277,17 @@ def test_score_gives_a_runs_meteor_scores_again(world: World, cli) -> None:
     assert scored["corpus"]["METEOR"] == run_meteor
     for image_id, metrics in scored["per_sample"].items():
         assert metrics == json.loads(stored[int(image_id)])
+
+
+def test_score_fails_when_nothing_can_be_scored(world: World, cli, tmp_path) -> None:
+    run = cli(*world.run_args("--num_samples", "3", "--run_id", "j"))
+    assert run.exit_code == 0, run.output
+    final = world.out / "j" / "baseline" / "results_baseline.json"
+    no_java = tmp_path / "bin"  # a PATH without java
+    no_java.mkdir()
+    done = run_cli_process("score", str(final), "--metrics", "bleu", PATH=str(no_java))
+    assert done.returncode == 1
+    assert "nothing could be scored: BLEU unavailable: Java is not installed" in done.stderr
 
 
 def test_score_needs_exactly_one_source(world: World, cli, tmp_path) -> None:
