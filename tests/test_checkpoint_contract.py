@@ -152,6 +152,12 @@ def test_export_import_export_is_byte_identical(world: World, cli, tmp_path: Pat
     assert a == b
     assert len(first.read_bytes()) == len(second.read_bytes())
     assert sqlite3.connect(other_db).execute("SELECT COUNT(*) FROM sample_pass").fetchone() == (8,)
+    # every planned sample is there: the imported run is as finished as the one exported
+    (run,) = json.loads(cli("runs", "--db", str(other_db), "--format", "json").stdout)
+    assert run["status"] == "finished"
+    assert run["methods"] == [
+        {"method": "scratchpad", "done": 8, "failed": 0, "total": 8, "status": "finished"}
+    ]
 
 
 def test_import_of_a_hand_written_file_creates_a_run(tmp_path: Path, cli) -> None:

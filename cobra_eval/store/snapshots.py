@@ -276,7 +276,23 @@ def import_document(
             store, target, method, doc.corpus_metrics.scores,
             n=doc.corpus_metrics.n_samples, scope=doc.corpus_metrics.scope,
         )  # fmt: skip
+    _finish_if_complete(store, target, method)
     return ImportSummary(target, method, imported, skipped, created)
+
+
+def _finish_if_complete(store: Store, run_id: str, method: str) -> None:
+    """An imported method with every planned sample is finished, as a run would leave it;
+    and its run, once every method is. A method a worker is running is left to it."""
+    methods = store.run_methods(run_id)
+    info = next(m for m in methods if m.method == method)
+    if info.status != "interrupted":
+        return
+    total = info.total_planned
+    if store.count_results(run_id, method, limit=total) < total:
+        return
+    store.set_method_status(run_id, method, "finished")
+    if all(m.status == "finished" for m in methods if m.method != method):
+        store.set_run_status(run_id, "finished")
 
 
 #: Rows per DELETE ... IN (...): well inside every database's bound-parameter limit.
