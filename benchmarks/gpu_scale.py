@@ -128,6 +128,7 @@ def build_model(
 
 
 def device_name(device: str) -> str:
+    """The GPU's name and memory, or CPU."""
     if device.startswith("cuda") and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(torch.device(device))
         return f"{props.name}, {props.total_memory / 1024**3:.0f} GiB"
@@ -171,8 +172,8 @@ def main(argv: list[str] | None = None) -> None:
         print("| batch | samples | bare generate loop, samples/s | run's loop (metrics none), "
               "samples/s | tool overhead | model's thread outside generate |")  # fmt: skip
         print("|---|---|---|---|---|---|", flush=True)
-        for size, count in zip(sizes, each, strict=True):
-            n = size * count
+        for size, batches in zip(sizes, each, strict=True):
+            n = size * batches
             bare_generation(backend, size, params, size)  # this batch size's first call
             out = measure_overhead(backend, n, args.repeats, Path(tmp), params, batch=size)
             bare, loop = statistics.median(out.bare), statistics.median(out.loop)

@@ -6,8 +6,9 @@
 #   bash benchmarks/gpu_scale.sh wheels    # here, from the repo's root: the wheels, into .whl/
 #
 # then the device tool's run, with command `bash benchmarks/gpu_scale.sh`, carry [".whl"] and
-# timeout_s 540 (arguments after it go to gpu_scale.py, e.g. --batches_each 4,2,2). It prints the figures and writes them to $OUT/gpu_scale.txt; commit that file
-# as benchmarks/gpu_scale.txt and `make bench` puts it into RESULTS.md, marked with the device.
+# timeout_s 540 (arguments after it go to gpu_scale.py, e.g. --batches_each 4,2,2). It
+# prints the figures and writes them to $OUT/gpu_scale.txt; commit that file as
+# benchmarks/gpu_scale.txt and `make bench` puts it into RESULTS.md, marked with the device.
 set -euo pipefail
 
 # what cobra_eval imports for a --metrics none run that the device's image does not hold
