@@ -640,7 +640,7 @@ class _MethodLoop:
             )
             # scored (metrics asked for): its statistics, none for ROUGE-L alone, which pools
             # the samples' own scores; None marks a result that was not scored
-            scoring = dict(scores[k].detail) if self.scores.metrics else None
+            scoring = scores[k].detail if self.scores.metrics else None
             out.append(CommitItem(record, latency, scoring))
         return out
 

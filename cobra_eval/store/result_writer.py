@@ -25,6 +25,7 @@ METRIC = MetricValue.__table__  # type: ignore[attr-defined]
 
 #: Up to this many results, existing rows are looked up by image id; above, for the method.
 _BY_ID_LIMIT = 500
+#: Rows per DELETE ... IN (...): well inside every database's bound-parameter limit.
 _DELETE_BATCH = 500
 _METRIC_COLUMNS = ("result_id", "pass_id", "name", "value")
 

@@ -295,6 +295,5 @@ def _finish_if_complete(store: Store, run_id: str, method: str) -> None:
         store.set_run_status(run_id, "finished")
 
 
-#: Rows per DELETE ... IN (...): well inside every database's bound-parameter limit.
 def _fresh_id(store: Store) -> str:
     return store.unused_run_id("run_" + datetime.now().strftime("%Y%m%d_%H%M%S"))
