@@ -17,16 +17,6 @@ from cobra_eval.process_exit import freeze_heap_at_exit
 
 F = TypeVar("F", bound=Callable[..., Any])
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-SUBCOMMANDS_EPILOG = """\b
-Other commands (each takes --db; see COMMAND --help):
-  methods   list methods, passes and prompt templates (--show)
-  runs      list runs with per-method progress
-  export    write a run's results as checkpoint-shaped JSON
-  score     rescore a results file or a stored run without the model
-  import    load a checkpoint/results JSON into the database
-  db        upgrade | current: the database schema
-  merge     SRC DEST: copy a database's runs into another (laptop SQLite -> team DB)
-"""
 
 
 def flag(name: str, *args: Any, **kwargs: Any) -> Callable[[F], F]:
@@ -53,6 +43,25 @@ def db_options(func: F) -> F:
         help="Results database: a SQLite file path or any SQLAlchemy URL "
         "(e.g. postgresql+psycopg://user@host/db). Env: COBRA_EVAL_DB.",
     )(func)
+
+
+class _RunCommand(click.Command):
+    """The `run` command, whose help (the tool's --help) ends with the other commands."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # listed from the group itself, so a new command cannot be left out of --help
+        group = ctx.parent.command if ctx.parent else None
+        if not isinstance(group, click.Group):
+            return
+        rows = [
+            (name, command.get_short_help_str(limit=80))
+            for name, command in group.commands.items()
+            if command is not self and not command.hidden
+        ]
+        formatter.write_paragraph()
+        formatter.write_text("Other commands (see python -m cobra_eval COMMAND --help):")
+        with formatter.indentation():
+            formatter.write_dl(rows)
 
 
 class _DefaultToRun(click.Group):
@@ -87,7 +96,7 @@ def _method_choices() -> list[str]:
 
 @main.command(
     "run",
-    epilog=SUBCOMMANDS_EPILOG,
+    cls=_RunCommand,
     context_settings={"max_content_width": 100},
 )
 @flag(
@@ -421,7 +430,7 @@ def _run_parallel(settings: Any, workers: int, devices: str | None) -> None:
         sys.exit(outcome.exit_code)
 
 
-@main.command("methods")
+@main.command("methods", short_help="list methods, their passes and prompt templates (--show)")
 @click.option("--show", is_flag=True, help="Print every prompt template in full.")
 @flag(
     "prompts",
@@ -451,7 +460,7 @@ def methods_command(show: bool, prompts: Path | None) -> None:
                     click.echo(f"    {line}")
 
 
-@main.command("score")
+@main.command("score", short_help="rescore a results file or a stored run without the model")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option("--run", "run_id", metavar="RUN", help="Rescore a stored run instead of a file.")
 @flag("method", help="With --run: the method to rescore (needed when the run has several).")
@@ -550,7 +559,7 @@ def _only_method(store: Any, run_id: str, method: str | None) -> str:
     return method
 
 
-@main.command("runs")
+@main.command("runs", short_help="list runs with each method's progress")
 @db_options
 @click.option(
     "--format",
@@ -619,7 +628,7 @@ def _workers_cell(workers: dict[str, int]) -> str:
     return ", ".join(f"{h} x{n}" if n > 1 else h for h, n in by_host.items()) or "-"
 
 
-@main.command("export")
+@main.command("export", short_help="write a run's results: checkpoint JSON, CSV, JSONL or Parquet")
 @click.argument("run_id")
 @flag(
     "method",
@@ -708,7 +717,7 @@ def _export_table(
     click.echo(f"Exported {len(rows)} rows ({', '.join(methods)}) to {output}", err=True)
 
 
-@main.command("query")
+@main.command("query", short_help="run one read-only SQL statement and print the rows")
 @click.argument("sql")
 @click.option(
     "--format",
@@ -741,7 +750,7 @@ def query_command(sql: str, fmt: str, db: str | None, output_dir: Path) -> None:
     click.echo(format_result(result, fmt), nl=False)
 
 
-@main.command("compare")
+@main.command("compare", short_help="compare methods (or two runs) with paired bootstrap intervals")
 @click.option("--run", "run_id", required=True, metavar="RUN",
               help="The run whose methods are compared (side A).")  # fmt: skip
 @flag(
@@ -811,7 +820,7 @@ def compare_command(
         click.echo(line)
 
 
-@main.command("report")
+@main.command("report", short_help="write a self-contained HTML report of a run")
 @click.argument("run_id", metavar="RUN")
 @click.option(
     "-o",
@@ -859,7 +868,7 @@ def report_command(
     click.echo(f"Report of run {run_id} written to {path}")
 
 
-@main.command("import")
+@main.command("import", short_help="load a checkpoint/results JSON into the database")
 @click.argument("file", type=click.Path(path_type=Path))
 @flag(
     "run_id",
@@ -890,7 +899,7 @@ def import_command(file: Path, run_id: str | None, db: str | None, output_dir: P
     click.echo(summary.run_id)
 
 
-@main.group("db")
+@main.group("db", short_help="upgrade | current: the database schema")
 def db_group() -> None:
     """The results database schema (Alembic migrations shipped with the tool)."""
 
@@ -923,7 +932,7 @@ def db_current(db: str | None, output_dir: Path) -> None:
     click.echo(f"{mask_url(url)}: schema {revision or 'empty'} (head {head_revision()}, {state})")
 
 
-@main.command("merge")
+@main.command("merge", short_help="SRC DEST: copy runs into another database (laptop -> team DB)")
 @click.argument("src", metavar="SRC")
 @click.argument("dest", metavar="DEST")
 @click.option(
