@@ -64,7 +64,7 @@ def resolve_run(
             if run is not None:
                 return run, True
         try:
-            return store.create_run(settings.run_id, run_cfg, run_fp), False
+            run = store.create_run(settings.run_id, run_cfg, run_fp)
         except StoreError:
             # another worker started the same --run_id a moment ago: join it
             run = store.get_run(settings.run_id)
@@ -73,6 +73,13 @@ def resolve_run(
             _check_run(store, run, run_cfg, method_cfgs)
             reporter.message(f"Joining run {run.id} in {store.display}")
             return run, True
+        if settings.resume_from_checkpoint:
+            # a mistyped --run_id must not pass for a resume
+            reporter.message(
+                f"No checkpoint of run {run.id} found in {settings.output_dir} or "
+                f"{store.display}; starting it as a new run"
+            )
+        return run, False
     if settings.resume_from_checkpoint:
         mismatch: ConfigMismatchError | None = None
         for run in store.runs(fingerprint=run_fp):

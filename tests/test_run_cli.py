@@ -134,6 +134,22 @@ def test_resume_with_nothing_to_resume_starts_a_new_run(world: World, cli) -> No
     assert world.rows("SELECT COUNT(*) FROM sample_result") == [(3,)]
 
 
+def test_resume_of_a_run_id_never_started_says_it_starts_it(world: World, cli) -> None:
+    cli(*world.run_args("--num_samples", "2", "--run_id", "first"))
+    args = world.run_args("--num_samples", "3", "--resume_from_checkpoint", "--run_id", "frist")
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    assert "No checkpoint of run frist found in" in result.output
+    assert "starting it as a new run" in result.output
+    assert world.rows("SELECT run_id, COUNT(*) FROM sample_result GROUP BY run_id") == [
+        ("first", 2),
+        ("frist", 3),
+    ]
+    # resumed again, it is found
+    again = cli(*args)
+    assert "Found checkpoint: run frist" in again.output
+
+
 def test_resume_refuses_a_run_of_this_folder_with_another_config(world: World, cli) -> None:
     cli(*world.run_args("--num_samples", "5", "--max_new_tokens", "32"))
     before = world.rows("SELECT COUNT(*) FROM sample_result")
