@@ -405,6 +405,11 @@ class _MethodLoop:
             with contextlib.suppress(Exception):
                 self.generator.save()
             release(self.store, self.run_id, name, self.worker)
+            # stopped by an error, it no longer runs: `runs` must not say it does (a resume
+            # sets it running again); a failing database may refuse this too
+            with contextlib.suppress(Exception):
+                self.store.set_method_status(self.run_id, name, "interrupted")
+                self.store.set_run_status(self.run_id, "interrupted")
             raise
         finally:
             self.reporter.end_method()

@@ -343,6 +343,9 @@ def test_a_server_that_is_not_running_stops_the_run_at_once(world: World, cli) -
     assert "Traceback" not in result.output
     # the run stopped on the first batch: no sample was stored as failed one by one
     assert world.rows("SELECT COUNT(*) FROM sample_result") == [(0,)]
+    # and it is not left 'running'
+    assert world.rows("SELECT status FROM run") == [("interrupted",)]
+    assert world.rows("SELECT status FROM run_method") == [("interrupted",)]
 
 
 @pytest.mark.parametrize(
