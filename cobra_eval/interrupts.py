@@ -1,4 +1,4 @@
-"""Ctrl-C in a run's process: the first press stops the run, later ones let it stop."""
+"""Ctrl-C (or SIGTERM) in a run's process: the first stops the run, later ones let it stop."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ def patient_interrupts() -> Iterator[None]:
     """While in it, Ctrl-C raises KeyboardInterrupt once and a later press says
     STILL_STOPPING; once it was pressed, Ctrl-C is ignored after it (the process exits).
 
+    SIGTERM counts as a press: it is what `kill`, `timeout`, `docker stop` and batch
+    schedulers (a preempted job) send, and it deserves the same clean stop; its default
+    would end the process at once, leaving the batches generated but not committed to
+    the resume and the run marked running.
+
     A second KeyboardInterrupt would land in the stop itself, in whatever it was doing
     (a commit, closing the database): a traceback and a process killed by SIGINT instead
     of a clean exit, with the samples generated but not committed left to the resume.
@@ -39,10 +44,14 @@ def patient_interrupts() -> Iterator[None]:
         if presses == 2:
             print(STILL_STOPPING, file=sys.stderr, flush=True)
 
-    before = signal.signal(signal.SIGINT, pressed)
+    before = {signum: signal.signal(signum, pressed) for signum in _STOPS}
     try:
         yield
     finally:
         # once pressed, the process is on its way out, and a press while it exits is ignored
         # (Python's own handler would be back during its shutdown, and end it by SIGINT)
-        signal.signal(signal.SIGINT, signal.SIG_IGN if presses else before)
+        for signum, handler in before.items():
+            signal.signal(signum, signal.SIG_IGN if presses else handler)
+
+
+_STOPS = (signal.SIGINT, signal.SIGTERM)

@@ -253,6 +253,7 @@ def _tail(log: Path, lines: int = 15) -> str:
 
 def _worker_main(argv: Sequence[str]) -> int:
     """One worker: run the settings in argv[0]; announce the run id to argv[1] if given."""
+    from cobra_eval.interrupts import patient_interrupts
     from cobra_eval.progress import LineReporter
     from cobra_eval.runner import Interrupted, run_evaluation
 
@@ -266,7 +267,9 @@ def _worker_main(argv: Sequence[str]) -> int:
             partial.replace(announce)  # the parent never reads half an id
 
     try:
-        summary = run_evaluation(settings, reporter=LineReporter(), on_run=tell)
+        # a worker stopped by SIGTERM (a scheduler signals every process) stops as cleanly
+        with patient_interrupts():
+            summary = run_evaluation(settings, reporter=LineReporter(), on_run=tell)
     except Interrupted as exc:
         print(str(exc), flush=True)
         return 130

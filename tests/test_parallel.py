@@ -62,8 +62,24 @@ def test_three_workers_share_a_run_with_one_progress_display(world: World) -> No
     assert all(not alive(int(pid)) for _, pid, _, _ in workers)
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is pid (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # ended meanwhile
+            # the command name may hold spaces: the fields after its ')' are fixed
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
 @pytest.mark.slow
-def test_ctrl_c_stops_every_worker_and_a_resume_finishes(world: World) -> None:
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm to all"])
+def test_ctrl_c_stops_every_worker_and_a_resume_finishes(world: World, stop: str) -> None:
     args = world.run_args("--num_samples", "24", "--batch_size", "2", "--workers", "3",
                           "--run_id", "p")  # fmt: skip
     parent = subprocess.Popen([sys.executable, "-m", "cobra_eval", *args], cwd=REPO,
@@ -77,7 +93,12 @@ def test_ctrl_c_stops_every_worker_and_a_resume_finishes(world: World) -> None:
         if done >= 4:
             break
         time.sleep(0.1)
-    parent.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C reaches the foreground process
+    if stop == "ctrl-c":
+        parent.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C reaches the foreground process
+    else:
+        # as a batch scheduler stops a job: SIGTERM to every process of it at once
+        for pid in [parent.pid, *children(parent.pid)]:
+            os.kill(pid, signal.SIGTERM)
     out, err = parent.communicate(timeout=90)
     assert parent.returncode == 130, err + out
     assert "continue with --workers 3 --run_id p --resume_from_checkpoint" in err

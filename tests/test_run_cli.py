@@ -370,10 +370,15 @@ def test_read_commands_never_create_a_database(tmp_path, cli) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("presses", [1, 2], ids=["once", "twice"])
+@pytest.mark.parametrize(
+    ("signame", "presses"),
+    [("SIGINT", 1), ("SIGINT", 2), ("SIGTERM", 1)],
+    ids=["ctrl-c once", "ctrl-c twice", "sigterm"],
+)
 def test_ctrl_c_keeps_every_committed_sample_and_says_how_to_continue(
-    world: World, presses: int
+    world: World, signame: str, presses: int
 ) -> None:
+    """Ctrl-C, and SIGTERM as `kill`, `timeout` or a scheduler send it, stop cleanly."""
     import signal
     import subprocess
     import sys
@@ -392,7 +397,7 @@ def test_ctrl_c_keeps_every_committed_sample_and_says_how_to_continue(
     for line in proc.stdout:
         seen.extend(processed_numbers(line))
         if len(seen) >= 4:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(getattr(signal, signame))
             # an impatient second press, while the batches generated are committed
             for _ in range(presses - 1):
                 time.sleep(0.01)
