@@ -497,7 +497,7 @@ def score_command(
     """
     from cobra_eval.metrics import parse_metric_list
     from cobra_eval.metrics.rescore import rescore, rescore_stored
-    from cobra_eval.progress import metrics_table
+    from cobra_eval.progress import metrics_table, unavailable_lines
     from cobra_eval.store import Store, resolve_url
     from cobra_eval.store.checkpoint_io import read_checkpoint
 
@@ -517,7 +517,7 @@ def score_command(
         corpus = scored.corpus
         if corpus.n and not corpus.scores and corpus.unavailable:
             # the command's one job: a script must see that it did nothing
-            why = "; ".join(f"{g.upper()} unavailable: {r}" for g, r in corpus.unavailable.items())
+            why = "; ".join(unavailable_lines(corpus.unavailable))
             raise CobraEvalError(f"nothing could be scored: {why}")
     if fmt == "json":
         payload: dict[str, Any] = {

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+#: The signals that stop a run cleanly: Ctrl-C, and what kill and schedulers send.
+_STOPS = (signal.SIGINT, signal.SIGTERM)
 #: What a second press prints (once): the stop it interrupted is what keeps the work.
 STILL_STOPPING = (
     "Still stopping: the samples already generated are being committed so that none is "
@@ -52,6 +54,3 @@ def patient_interrupts() -> Iterator[None]:
         # (Python's own handler would be back during its shutdown, and end it by SIGINT)
         for signum, handler in before.items():
             signal.signal(signum, signal.SIG_IGN if presses else handler)
-
-
-_STOPS = (signal.SIGINT, signal.SIGTERM)

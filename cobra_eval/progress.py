@@ -153,4 +153,9 @@ def metrics_table(summary: Any) -> list[str]:
             )
             lines.append(f"  {m.method.ljust(width)} {m.corpus.n:>6}{values}")
     reasons = {name: why for m in asked for name, why in m.corpus.unavailable.items()}
-    return lines + [f"{name.upper()} unavailable: {why}" for name, why in reasons.items()]
+    return lines + unavailable_lines(reasons)
+
+
+def unavailable_lines(reasons: dict[str, str]) -> list[str]:
+    """'BLEU unavailable: why' for each metric group that could not be scored."""
+    return [f"{name.upper()} unavailable: {why}" for name, why in reasons.items()]

@@ -392,8 +392,7 @@ class _MethodLoop:
             finisher.wait()
             self.generator.save()
             release(self.store, self.run_id, name, self.worker)
-            self.store.set_method_status(self.run_id, name, "interrupted")
-            self.store.set_run_status(self.run_id, "interrupted")
+            self._mark_interrupted()
             raise Interrupted(
                 self.run_id,
                 f"Interrupted: {self.processed}/{self.total} samples of {name} are saved in run "
@@ -408,8 +407,7 @@ class _MethodLoop:
             # stopped by an error, it no longer runs: `runs` must not say it does (a resume
             # sets it running again); a failing database may refuse this too
             with contextlib.suppress(Exception):
-                self.store.set_method_status(self.run_id, name, "interrupted")
-                self.store.set_run_status(self.run_id, "interrupted")
+                self._mark_interrupted()
             raise
         finally:
             self.reporter.end_method()
@@ -564,6 +562,11 @@ class _MethodLoop:
         return [
             GenerationRequest(image_path=self.samples[i].image_path, prompt=prompt) for i in ids
         ]
+
+    def _mark_interrupted(self) -> None:
+        """The method, and its run, stopped before the end (a resume sets them running)."""
+        self.store.set_method_status(self.run_id, self.method.name, "interrupted")
+        self.store.set_run_status(self.run_id, "interrupted")
 
     def _generate(self, batch: Sequence[Sample]) -> _Generated:
         """Run every pass of the method over a batch (the model's part of a batch)."""
